@@ -1,0 +1,48 @@
+"""fastload's own exceptions: every one names the file, shard or record it is about."""
+from __future__ import annotations
+
+
+class FastloadError(Exception):
+    """Base class of every error fastload raises on purpose."""
+
+
+class FormatError(FastloadError):
+    """A shard, manifest or LMDB environment is malformed, truncated or of an unknown version."""
+
+    def __init__(self, message: str, path: str | None = None):
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class CorruptRecordError(FastloadError):
+    """One record cannot be read or decoded (checksum mismatch, bad JPEG, out-of-bounds offsets)."""
+
+    def __init__(self, message: str, path: str | None = None, record: int | None = None,
+                 index: int | None = None):
+        self.path = path          # shard file (or LMDB environment)
+        self.record = record      # record number inside that shard
+        self.index = index        # global index in the dataset, when known
+        where = []
+        if path is not None:
+            where.append(str(path))
+        if record is not None:
+            where.append(f"record {record}")
+        if index is not None and index != record:
+            where.append(f"global index {index}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class SourceError(FastloadError):
+    """A conversion source item (file or dataset element) is unreadable or not what its field expects."""
+
+    def __init__(self, message: str, source: str | None = None):
+        self.source = source
+        super().__init__(f"{source}: {message}" if source else message)
+
+
+class WorkerError(FastloadError):
+    """A loader worker died or raised; the message names the worker and carries its traceback."""
+
+
+class SharedMemoryError(FastloadError):
+    """The shared-memory ring cannot be allocated (e.g. /dev/shm too small); says how much is needed."""
