@@ -40,9 +40,9 @@ class SourceError(FastloadError):
         super().__init__(f"{source}: {message}" if source else message)
 
 
-class WorkerError(FastloadError):
+class WorkerError(FastloadError, RuntimeError):
     """A loader worker died or raised; the message names the worker and carries its traceback."""
 
 
-class SharedMemoryError(FastloadError):
+class SharedMemoryError(FastloadError, MemoryError):
     """The shared-memory ring cannot be allocated (e.g. /dev/shm too small); says how much is needed."""

@@ -1,0 +1,152 @@
+"""Moving a batch through a shared-memory slot: arrays go in the slot's bytes, only a small tree is pickled.
+
+The worker pickles the collated batch with a pickler whose ``persistent_id`` diverts every plain CPU tensor
+and numeric numpy array into the slot (or, when it already lives there, only records where). Everything else
+in the structure (dicts, namedtuples, strings, user classes) pickles as usual, so any batch that pickles
+works, and its types come back exactly. If the slot is too small the batch is pickled whole instead and the
+needed size is reported so the main process can grow the slot.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .ring import Segment
+
+_ALIGN = 64
+
+
+@dataclass
+class Packed:
+    payload: object           # the pickled tree (bytes), or the batch itself when in_arena is False
+    in_arena: bool            # True: arrays are in the slot; False: payload is self-contained
+    needed: int               # arena bytes this batch needs (for growing the slot)
+
+
+def _tensor_ok(t) -> bool:
+    return (type(t) is torch.Tensor and t.layout == torch.strided and t.device.type == "cpu"
+            and not t.requires_grad and not t.is_quantized and not t.is_conj() and not t.is_neg())
+
+
+class _ArenaPickler(pickle.Pickler):
+    def __init__(self, file, seg: Segment | None, reserved: int):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.seg = seg
+        self.base = 0 if seg is None else np.frombuffer(seg.mm, np.uint8, count=1).ctypes.data
+        self.size = 0 if seg is None else seg.size
+        self.cursor = reserved
+        self.overflow = False
+
+    def _alloc(self, nbytes: int) -> int:
+        off = (self.cursor + _ALIGN - 1) // _ALIGN * _ALIGN
+        self.cursor = off + nbytes
+        if self.cursor > self.size:
+            self.overflow = True
+        return off
+
+    def _inside(self, ptr: int, nbytes: int) -> bool:
+        return self.seg is not None and self.base <= ptr and ptr + nbytes <= self.base + self.size
+
+    def persistent_id(self, obj):
+        if isinstance(obj, torch.Tensor):
+            if not _tensor_ok(obj):
+                return None
+            return self._tensor_id(obj)
+        if type(obj) is np.ndarray and not obj.dtype.hasobject:
+            t = torch.from_numpy(obj) if obj.dtype.isbuiltin and obj.dtype.kind in "biufc" else None
+            if t is None:
+                return None
+            ident = self._tensor_id(t)
+            return ("n",) + ident[1:] if ident is not None else None
+        return None
+
+    def _tensor_id(self, t: torch.Tensor):
+        esize = t.element_size()
+        shape, strides = tuple(t.shape), tuple(t.stride())
+        if t.numel() == 0:
+            return ("t", -1, t.dtype, shape, strides)
+        ptr = t.data_ptr()
+        span = (sum((s - 1) * st for s, st in zip(shape, strides)) + 1) * esize
+        if all(st >= 0 for st in strides) and self._inside(ptr, span):
+            return ("t", ptr - self.base, t.dtype, shape, strides)
+        nbytes = t.numel() * esize
+        off = self._alloc(nbytes)
+        if not self.overflow:
+            dst = torch.frombuffer(self.seg.mm, dtype=torch.uint8, count=nbytes, offset=off)
+            dst.view(t.dtype).view(shape).copy_(t)
+        return ("t", off, t.dtype, shape, _contiguous_strides(shape))
+
+
+def _contiguous_strides(shape) -> tuple:
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(strides))
+
+
+def pack(batch, seg: Segment | None, reserved: int = 0) -> Packed:
+    """Pickle ``batch`` with its arrays placed in ``seg`` (falling back to a plain pickle when too small).
+
+    The first ``reserved`` bytes of the slot already hold arrays the worker wrote in place; arrays that view
+    them are recorded by offset, and new ones are copied in after them.
+    """
+    buf = io.BytesIO()
+    p = _ArenaPickler(buf, seg, reserved)
+    p.dump(batch)
+    if not p.overflow and seg is not None:
+        return Packed(buf.getvalue(), True, p.cursor)
+    # too big for the slot (or no slot yet): the result pipe's pickler moves tensors the way torch does
+    return Packed(batch, False, p.cursor)
+
+
+class _ArenaUnpickler(pickle.Unpickler):
+    def __init__(self, file, mm, copy: bool):
+        super().__init__(file)
+        self.mm, self.copy = mm, copy
+
+    def persistent_load(self, pid):
+        kind, off, dtype, shape, strides = pid
+        if off < 0:
+            t = torch.empty(shape, dtype=dtype)
+        else:
+            esize = torch.empty((), dtype=dtype).element_size()
+            span = (sum((s - 1) * st for s, st in zip(shape, strides)) + 1) * esize
+            raw = torch.frombuffer(self.mm, dtype=torch.uint8, count=span, offset=off)
+            t = raw.view(dtype).as_strided(shape, strides)
+            if self.copy:
+                t = t.clone()
+        return t.numpy() if kind == "n" else t
+
+
+def unpack(packed_payload: bytes, in_arena: bool, mm=None, copy: bool = False):
+    """Rebuild the batch a worker packed; its arrays view ``mm`` (a mapping of the slot) unless ``copy``."""
+    if not in_arena:
+        return packed_payload
+    return _ArenaUnpickler(io.BytesIO(packed_payload), mm, copy).load()
+
+
+class ArenaAllocator:
+    """Bump allocation of tensors inside a slot, so collation can stack straight into shared memory."""
+
+    def __init__(self, seg: Segment | None):
+        self.seg = seg
+        self.cursor = 0
+
+    def tensor(self, shape, dtype: torch.dtype) -> torch.Tensor | None:
+        """An uninitialised tensor in the slot, or None when it does not fit (the caller allocates)."""
+        if self.seg is None:
+            return None
+        numel = 1
+        for s in shape:
+            numel *= s
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        off = (self.cursor + _ALIGN - 1) // _ALIGN * _ALIGN
+        if nbytes == 0 or off + nbytes > self.seg.size:
+            return None
+        self.cursor = off + nbytes
+        return torch.frombuffer(self.seg.mm, dtype=torch.uint8, count=nbytes, offset=off).view(dtype).view(shape)

@@ -1,0 +1,219 @@
+"""The multi-process iterator: torch's scheduling (task numbers, round robin, prefetch depth, in-order
+hand-out, iterable-dataset exhaustion), with batches carried in ring slots instead of pickled queues."""
+from __future__ import annotations
+
+import itertools
+import sys
+import weakref
+
+import torch
+from torch.utils.data import _DatasetKind
+from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+from .arena import unpack
+from .pool import WorkerPool
+from .ring import RingBuffer
+from .worker import GenericBatches, Job, Result
+
+
+def _cleanup(pool: WorkerPool, ring: RingBuffer) -> None:
+    pool.shutdown()
+    ring.close()
+
+
+class RingLoaderIter(_BaseDataLoaderIter):
+    """Iterator of :class:`fastload.DataLoader` when ``num_workers > 0``."""
+
+    def __init__(self, loader, batches=None) -> None:
+        super().__init__(loader)
+        self._prefetch_factor = loader.prefetch_factor
+        self._in_order = loader.in_order
+        self._generator = loader.generator
+        self._stats = getattr(loader, "_stats", None)
+        ctx = loader.multiprocessing_context or torch.multiprocessing
+        if batches is None:
+            batches = GenericBatches(self._dataset_kind, self._dataset, self._auto_collation,
+                                     self._collate_fn, self._drop_last)
+        self._batches = batches
+        self._max_tasks = self._prefetch_factor * self._num_workers
+        # + 2: the batch the user holds now and the one before it, whose slot is checked before reuse
+        n_slots = self._max_tasks + 2
+        self._ring = RingBuffer(n_slots, getattr(batches, "slot_bytes", 0))
+        try:
+            self._pool = WorkerPool(ctx, self._num_workers, batches, self._base_seed, loader.worker_init_fn)
+        except BaseException:
+            self._ring.close()
+            raise
+        self._finalizer = weakref.finalize(self, _cleanup, self._pool, self._ring)
+        self._shutdown = False
+        self._held: list[tuple[int, int, object]] = []   # (slot, needed, mapping) of handed-out batches
+        self._aug_seed = self._base_seed
+        self._slot_hint = getattr(batches, "slot_bytes", 0)   # bytes the biggest batch so far needed
+        self._reset(loader, first_iter=True)
+
+    # --- epoch start -------------------------------------------------------------------------------
+    def _reset(self, loader, first_iter: bool = False) -> None:
+        super()._reset(loader, first_iter)
+        self._release_held()
+        self._send_idx = 0
+        self._rcvd_idx = 0
+        self._task_info: dict[int, tuple] = {}
+        self._tasks_outstanding = 0
+        self._workers_status = [True] * self._num_workers
+        self._workers_num_tasks = [0] * self._num_workers
+        self._worker_queue_idx_cycle = itertools.cycle(range(self._num_workers))
+        if not first_iter:
+            # stale results of the previous epoch (persistent workers) are dropped with their slots
+            self._drain()
+            self._aug_seed = int(torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item()) \
+                if getattr(self._batches, "wants_epoch_seed", False) else self._base_seed
+            self._pool.resume()
+        for _ in range(self._max_tasks):
+            self._try_put_index()
+
+    def _drain(self) -> None:
+        while self._tasks_outstanding > 0:
+            got = self._pool.wait(None)
+            if got is not None and got[1].status != "resumed":
+                self._tasks_outstanding -= 1
+                self._ring.release(got[1].slot)
+        for info in self._task_info.values():
+            if len(info) == 3:
+                self._ring.release(info[1])
+        self._task_info.clear()
+
+    # --- dispatch ----------------------------------------------------------------------------------
+    def _try_put_index(self) -> None:
+        assert self._tasks_outstanding < self._max_tasks
+        slot = self._ring.acquire()
+        if slot is None:
+            return
+        if self._slot_hint:
+            self._ring.ensure(slot, self._slot_hint)
+        try:
+            index = self._next_index()
+        except StopIteration:
+            self._ring.release(slot)
+            return
+        for _ in range(self._num_workers):
+            w = next(self._worker_queue_idx_cycle)
+            if self._workers_status[w]:
+                if self._in_order:
+                    break
+                if self._workers_num_tasks[w] < self._max_tasks // sum(self._workers_status):
+                    break
+        else:
+            self._ring.release(slot)
+            return
+        self._pool.send(w, Job(self._send_idx, index, slot, self._ring.descriptor(slot), self._aug_seed))
+        self._task_info[self._send_idx] = (w, slot)
+        self._workers_num_tasks[w] += 1
+        self._tasks_outstanding += 1
+        self._send_idx += 1
+
+    # --- receive -----------------------------------------------------------------------------------
+    def _get_data(self) -> tuple[int, Result]:
+        timeout = self._timeout if self._timeout > 0 else None
+        got = self._pool.wait(timeout)
+        if got is None:
+            raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds")
+        return got
+
+    def _next_data(self):
+        self._release_held(keep_last=True)
+        while True:
+            while self._rcvd_idx < self._send_idx:
+                info = self._task_info.get(self._rcvd_idx)
+                if info:
+                    if len(info) == 3 or self._workers_status[info[0]]:
+                        break
+                    del self._task_info[self._rcvd_idx]
+                    self._ring.release(info[1])
+                self._rcvd_idx += 1
+            else:
+                if not self._persistent_workers:
+                    self._shutdown_workers()
+                raise StopIteration
+
+            info = self._task_info[self._rcvd_idx]
+            if len(info) == 3:
+                del self._task_info[self._rcvd_idx]
+                self._rcvd_idx += 1
+                return self._process_data(info[2], info[0])
+
+            w, result = self._get_data()
+            if result.status == "resumed":
+                continue
+            self._tasks_outstanding -= 1
+            if result.status == "stop":
+                self._ring.release(result.slot)
+                self._task_info.pop(result.task, None)
+                if self._persistent_workers:
+                    self._workers_status[w] = False
+                else:
+                    self._mark_worker_as_unavailable(w)
+                self._try_put_index()
+                continue
+            if result.task != self._rcvd_idx:
+                if not self._in_order:
+                    del self._task_info[result.task]
+                    return self._process_data(result, w)
+                self._task_info[result.task] += (result,)
+            else:
+                del self._task_info[result.task]
+                self._rcvd_idx += 1
+                return self._process_data(result, w)
+
+    def _process_data(self, result: Result, w: int):
+        self._workers_num_tasks[w] -= 1
+        if result.status == "ok" and result.in_arena:
+            mm = self._ring.segment(result.slot).map_view(result.needed)
+            data = unpack(result.payload, True, mm)
+            self._held.append((result.slot, result.needed, mm))
+        else:
+            data = unpack(result.payload, False) if result.status == "ok" else result.payload
+            self._recycle(result.slot, result.needed)
+        if self._stats is not None and result.timings:
+            self._stats.add(result.timings)
+        self._try_put_index()
+        if result.status == "error":
+            data.reraise()
+        if self._pin_memory:
+            data = torch.utils.data._utils.pin_memory.pin_memory(data, self._pin_memory_device)
+        return data
+
+    def _recycle(self, slot: int, needed: int) -> None:
+        self._slot_hint = max(self._slot_hint, needed)
+        if needed or self._ring.segment(slot) is None:
+            self._ring.ensure(slot, max(needed, getattr(self._batches, "slot_bytes", 0)))
+        self._ring.release(slot)
+
+    def _release_held(self, keep_last: bool = False) -> None:
+        """Recycle the slots of handed-out batches; a slot whose batch the user still holds is orphaned
+        (its memory lives on with the batch, and the slot gets a fresh segment), so kept batches stay valid."""
+        keep = self._held[-1:] if keep_last else []
+        release, self._held = self._held[:len(self._held) - len(keep)], keep
+        while release:
+            slot, needed, mm = release.pop()
+            # torch.frombuffer keeps a reference to the mapping, not a buffer export: references beyond
+            # ours (the local name and getrefcount's argument) are tensors of this batch still alive.
+            if sys.getrefcount(mm) > 2:
+                self._ring.orphan(slot)   # the mapping is unmapped when the last such tensor dies
+            else:
+                mm.close()
+            del mm
+            self._recycle(slot, needed)
+
+
+    def _mark_worker_as_unavailable(self, worker_id: int) -> None:
+        self._workers_status[worker_id] = False
+        self._pool.retire(worker_id)
+
+    # --- shutdown ----------------------------------------------------------------------------------
+    def _shutdown_workers(self) -> None:
+        if not self._shutdown:
+            self._shutdown = True
+            self._finalizer()
+
+    def __del__(self) -> None:
+        self._shutdown_workers()

@@ -1,0 +1,136 @@
+"""A set of persistent worker processes, each fed by its own job pipe and answering on its own result pipe.
+
+Waiting watches the result pipes and the processes' sentinels together, so a worker that dies (killed by
+the OOM killer, a segfault in a decoder) is noticed at once and named, instead of being waited for forever.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from multiprocessing.connection import wait as mp_wait
+from typing import Callable
+
+from ..errors import WorkerError
+from .worker import Resume, Result, worker_main
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the kernel's OOM killer sends SIGKILL: check memory use)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
+class WorkerPool:
+    """``n`` worker processes running :func:`worker_main` over ``batches``."""
+
+    def __init__(self, ctx, n: int, batches, base_seed: int, init_fn: Callable | None):
+        self.ctx, self.n = ctx, n
+        self.procs, self.job_conns, self.result_conns = [], [], []
+        self.closed = False
+        self.retired: set[int] = set()
+        parent = os.getpid()
+        try:
+            for wid in range(n):
+                job_r, job_w = ctx.Pipe(duplex=False)
+                res_r, res_w = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=worker_main, name=f"fastload-worker-{wid}", daemon=True,
+                                args=(wid, n, batches, job_r, res_w, base_seed, init_fn, parent))
+                p.start()
+                job_r.close()
+                res_w.close()
+                self.procs.append(p)
+                self.job_conns.append(job_w)
+                self.result_conns.append(res_r)
+        except BaseException:
+            self.shutdown()
+            raise
+        self._owner = {c: i for i, c in enumerate(self.result_conns)}
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def send(self, wid: int, msg) -> None:
+        try:
+            self.job_conns[wid].send(msg)
+        except (BrokenPipeError, OSError):
+            self.check_alive()
+            raise
+
+    def retire(self, wid: int) -> None:
+        """Stop one worker for good (its iterable dataset is exhausted); its exit is then expected."""
+        self.retired.add(wid)
+        try:
+            self.job_conns[wid].send(None)
+        except (BrokenPipeError, OSError):
+            pass
+
+    def check_alive(self) -> None:
+        dead = [(i, p) for i, p in enumerate(self.procs)
+                if not p.is_alive() and not (i in self.retired and p.exitcode == 0)]
+        if dead:
+            details = "; ".join(f"worker {i} (pid {p.pid}) {_describe_exit(p.exitcode)}" for i, p in dead)
+            pids = ", ".join(str(p.pid) for _, p in dead)
+            self.shutdown()
+            raise WorkerError(f"DataLoader worker (pid(s) {pids}) exited unexpectedly: {details}. "
+                              f"The batches it was building are lost; restart the epoch.")
+
+    def wait(self, timeout: float | None) -> tuple[int, Result] | None:
+        """The next result from any worker, or None after ``timeout`` seconds (None: wait for ever)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sentinels = [p.sentinel for i, p in enumerate(self.procs) if i not in self.retired]
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = mp_wait(self.result_conns + sentinels, timeout=left)
+            for r in ready:
+                w = self._owner.get(r)
+                if w is not None:
+                    try:
+                        return w, r.recv()
+                    except (EOFError, OSError):
+                        self.check_alive()
+                        raise WorkerError(f"DataLoader worker {w} closed its result pipe unexpectedly")
+            if ready:
+                self.check_alive()
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def resume(self) -> None:
+        """Tell every worker a new epoch starts and wait for each to acknowledge."""
+        for w in range(self.n):
+            self.send(w, Resume())
+        pending = set(range(self.n))
+        while pending:
+            got = self.wait(None)
+            if got is not None and got[1].status == "resumed":
+                pending.discard(got[0])
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for c in self.job_conns:
+            try:
+                c.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(1.0)
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)
+        for c in self.job_conns + self.result_conns:
+            c.close()

@@ -1,0 +1,204 @@
+"""Shared-memory batch slots: the ring the workers write into and the main process reads from.
+
+Each slot is one file in ``/dev/shm`` mapped by every process that uses it. Space is reserved up front with
+``posix_fallocate`` so a full ``/dev/shm`` fails at allocation with a clear error instead of a SIGBUS in a
+worker later. Segment names carry the creating process id, so segments left by a crashed run are found and
+removed the next time a ring is created.
+"""
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SharedMemoryError
+
+SHM_DIR = Path(os.environ.get("FASTLOAD_SHM_DIR", "/dev/shm"))
+PREFIX = "fastload_"
+ALIGN = 4096
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reclaim_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
+    """Remove ring segments whose creating process no longer exists; return their names."""
+    removed = []
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(PREFIX):
+            continue
+        try:
+            pid = int(name[len(PREFIX):].split("_", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            try:
+                os.unlink(shm_dir / name)
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+def _round_up(n: int, a: int = ALIGN) -> int:
+    return (n + a - 1) // a * a
+
+
+class Segment:
+    """One named, fixed-size shared-memory mapping."""
+
+    def __init__(self, name: str, size: int, mm: mmap.mmap, owner: bool, fd: int = -1):
+        self.name, self.size, self.mm, self.owner, self.fd = name, size, mm, owner, fd
+        self.closed = False
+
+    @classmethod
+    def create(cls, size: int, tag: str, shm_dir: Path = SHM_DIR) -> "Segment":
+        size = max(ALIGN, _round_up(size))
+        name = f"{PREFIX}{os.getpid()}_{tag}_{secrets.token_hex(4)}"
+        path = shm_dir / name
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise SharedMemoryError(f"cannot create shared memory segment {path}: {e}") from e
+        try:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                os.unlink(path)
+                if e.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+                    free = shutil.disk_usage(shm_dir).free
+                    raise SharedMemoryError(
+                        f"{shm_dir} has {free / 2**20:.0f} MiB free but a ring slot needs "
+                        f"{size / 2**20:.0f} MiB. Give the container more shared memory (e.g. docker run "
+                        f"--shm-size=8g), or lower batch_size, num_workers or prefetch_factor, "
+                        f"or set FASTLOAD_SHM_DIR to a larger tmpfs.") from e
+                raise
+            mm = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(name, size, mm, owner=True, fd=fd)
+
+    @classmethod
+    def attach(cls, name: str, shm_dir: Path = SHM_DIR) -> "Segment":
+        fd = os.open(shm_dir / name, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        return cls(name, size, mm, owner=False)
+
+    def array(self, offset: int = 0, nbytes: int | None = None) -> np.ndarray:
+        """A writable uint8 view of the segment's bytes."""
+        if nbytes is None:
+            nbytes = self.size - offset
+        return np.frombuffer(self.mm, dtype=np.uint8, count=nbytes, offset=offset)
+
+    def map_view(self, nbytes: int) -> mmap.mmap:
+        """A fresh mapping of the first ``nbytes``, pre-faulted: batches handed to the user view it.
+
+        Because every handed-out batch has its own mapping object, the ring can tell whether the user still
+        holds any tensor of it (closing the mapping then fails with BufferError) before reusing the slot.
+        """
+        nbytes = max(1, min(self.size, nbytes))
+        return mmap.mmap(self.fd, nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+
+    def close(self) -> None:
+        """Unmap (if no view is still alive) and, for the owner, remove the name."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.owner:
+            try:
+                os.unlink(SHM_DIR / self.name)
+            except FileNotFoundError:
+                pass
+        try:
+            self.mm.close()
+        except BufferError:
+            pass  # a zero-copy batch still views it; the mapping goes when that batch does
+
+
+class RingBuffer:
+    """``n`` batch slots of shared memory owned by the main process.
+
+    A slot is either free or lent to exactly one in-flight batch (worker writing, or consumer reading).
+    Slots grow (are replaced by a bigger segment) when a batch does not fit, so memory stays bounded by
+    ``n * largest batch``.
+    """
+
+    def __init__(self, n_slots: int, slot_bytes: int = 0, tag: str = "ring"):
+        reclaim_stale_segments()
+        self.tag = tag
+        self.segments: list[Segment | None] = [None] * n_slots
+        self.free: list[int] = list(range(n_slots))[::-1]
+        if slot_bytes > 0:
+            try:
+                for i in range(n_slots):
+                    self.segments[i] = Segment.create(slot_bytes, f"{tag}{i}")
+            except BaseException:
+                self.close()
+                raise
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def acquire(self) -> int | None:
+        return self.free.pop() if self.free else None
+
+    def release(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def descriptor(self, slot: int) -> tuple[str, int] | None:
+        seg = self.segments[slot]
+        return None if seg is None else (seg.name, seg.size)
+
+    def ensure(self, slot: int, nbytes: int) -> None:
+        """Make ``slot`` at least ``nbytes`` big (call only while the slot is free)."""
+        seg = self.segments[slot]
+        if seg is not None and seg.size >= nbytes:
+            return
+        new = Segment.create(int(nbytes * 1.25), f"{self.tag}{slot}")
+        if seg is not None:
+            seg.close()
+        self.segments[slot] = new
+
+    def orphan(self, slot: int) -> None:
+        """Give up ``slot``'s segment (the user still holds a batch in it); a new one is made on demand."""
+        seg = self.segments[slot]
+        if seg is not None:
+            seg.close()
+        self.segments[slot] = None
+
+    def segment(self, slot: int) -> Segment | None:
+        return self.segments[slot]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.size for s in self.segments if s is not None)
+
+    def close(self) -> None:
+        for s in self.segments:
+            if s is not None:
+                s.close()
+        self.segments = [None] * len(self.segments)
