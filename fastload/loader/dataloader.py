@@ -7,7 +7,9 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .inprocess import InProcessIter
 from .iterator import RingLoaderIter
+from .shard_batches import ShardBatches
 
 
 class DataLoader(torch.utils.data.DataLoader):
@@ -42,7 +44,10 @@ class DataLoader(torch.utils.data.DataLoader):
                          in_order=in_order)
 
     def _get_iterator(self):
+        batches = None
+        if ShardBatches.applies(self.dataset, self._auto_collation, self.collate_fn):
+            batches = ShardBatches(self.dataset, self.batch_size or 1)
         if self.num_workers == 0:
-            return super()._get_iterator()
+            return InProcessIter(self, batches) if batches is not None else super()._get_iterator()
         self.check_worker_number_rationality()
-        return RingLoaderIter(self)
+        return RingLoaderIter(self, batches)

@@ -1,0 +1,116 @@
+"""``ShardDataset``: a fastload dataset directory (native shards or LMDB) as a map-style torch Dataset."""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .errors import CorruptRecordError, FastloadError
+from .formats import open_dataset
+from .ops import compile_pipeline
+
+_BATCHABLE_SCALARS = {"int": np.int64, "float": np.float64}
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """Records of a fastload dataset, decoded and augmented by per-field op lists.
+
+    ``ds[i]`` is the tuple of the record's fields (schema order, or the order of ``fields``). An image field
+    without transforms decodes to a HWC uint8 numpy array; with transforms that give a fixed size it is a
+    ``[3, H, W]`` uint8 tensor (like torchvision's ``ToImage``). ``fastload.DataLoader`` recognises this
+    dataset and fills whole batches in its workers without building per-sample objects.
+
+    Args:
+        path: the dataset directory written by ``fastload convert``.
+        transforms: ``{field: [op, ...]}``; e.g. ``{"image": [ops.DecodeRandomResizedCrop(224),
+            ops.RandomHorizontalFlip()]}``.
+        fields: which fields to return, in order (default: all, in schema order).
+        readahead: let the OS read ahead (good for sequential scans; off for random access).
+    """
+
+    def __init__(self, path: str | os.PathLike, transforms: dict[str, Sequence] | None = None,
+                 fields: Sequence[str] | None = None, readahead: bool = False):
+        self.path = path
+        self.reader = open_dataset(path, readahead=readahead)
+        schema = self.reader.schema
+        self.fields = list(fields) if fields is not None else list(schema)
+        unknown = [f for f in self.fields if f not in schema]
+        if unknown:
+            raise FastloadError(f"{path}: no field(s) {unknown}; the dataset has {list(schema)}")
+        self.transforms = dict(transforms or {})
+        bad = [f for f in self.transforms if f not in schema]
+        if bad:
+            raise FastloadError(f"{path}: transforms given for unknown field(s) {bad}; fields: {list(schema)}")
+        self.kinds = {f: schema[f].kind for f in self.fields}
+        self.pipelines = {f: compile_pipeline(schema[f], self.transforms.get(f, []))
+                          for f in self.fields if self.kinds[f] in ("image", "ndarray")}
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __repr__(self) -> str:
+        return f"ShardDataset({str(self.path)!r}, {len(self)} records, fields={self.fields})"
+
+    # --- one sample (torch's path) ---------------------------------------------------------------------
+    def __getitem__(self, index: int) -> tuple:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} records")
+        index = int(index) % len(self)
+        seed = int(torch.randint(0, 2**62, (1,)).item())   # follows torch's per-worker seeding
+        rng = np.random.default_rng([seed, index])
+        return tuple(self._field(index, f, rng) for f in self.fields)
+
+    def _field(self, index: int, field: str, rng: np.random.Generator) -> Any:
+        value = self.reader.get(index, field)
+        pipe = self.pipelines.get(field)
+        if pipe is None:
+            return value
+        size = self.reader.image_size(index, field) if self.kinds[field] == "image" else None
+        try:
+            out = pipe.run(value, size, rng)
+        except CorruptRecordError:
+            raise
+        except Exception as e:
+            raise self._corrupt(index, field, e) from e
+        if self.kinds[field] == "image" and pipe.output_shape is not None and self.transforms.get(field):
+            return torch.from_numpy(out).permute(2, 0, 1)
+        return out
+
+    def _corrupt(self, index: int, field: str, e: Exception) -> CorruptRecordError:
+        shard, record = self.reader.locate(index)
+        return CorruptRecordError(f"cannot decode field {field!r}: {e}", path=str(shard), record=record,
+                                  index=index)
+
+    # --- whole batches (fastload's fast path) -----------------------------------------------------------
+    def sample_spec(self) -> list[tuple[str, tuple, np.dtype]] | None:
+        """Per-field output (name, per-sample shape, dtype), or None if some field cannot be batched in place
+        (variable-size images, bytes, JSON)."""
+        spec = []
+        for f in self.fields:
+            kind = self.kinds[f]
+            if kind in _BATCHABLE_SCALARS:
+                spec.append((f, (), np.dtype(_BATCHABLE_SCALARS[kind])))
+            elif f in self.pipelines and self.pipelines[f].output_shape is not None:
+                if kind == "image" and not self.transforms.get(f):
+                    return None   # un-transformed images keep their own sizes
+                p = self.pipelines[f]
+                spec.append((f, tuple(p.output_shape), np.dtype(p.output_dtype)))
+            else:
+                return None
+        return spec
+
+    def write_sample(self, index: int, outs: dict[str, np.ndarray], rng: np.random.Generator,
+                     timings: dict | None = None) -> None:
+        """Decode and augment record ``index`` straight into ``outs[field]`` (arrays of the spec's shapes)."""
+        for f, out in outs.items():
+            pipe = self.pipelines[f]
+            value = self.reader.get(index, f)
+            size = self.reader.image_size(index, f) if self.kinds[f] == "image" else None
+            try:
+                pipe.run_into(value, size, out, rng)
+            except CorruptRecordError:
+                raise
+            except Exception as e:
+                raise self._corrupt(index, f, e) from e

@@ -1,0 +1,26 @@
+"""``num_workers=0`` with a ``ShardDataset``: the same batch builder as the workers, run in this process,
+so the batches (including their augmentation randomness) are identical to the multi-worker ones."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+from .worker import Job
+
+
+class InProcessIter(_BaseDataLoaderIter):
+    def __init__(self, loader, batches) -> None:
+        super().__init__(loader)
+        self._batches = batches
+        self._seed = self._base_seed
+        self._stats = getattr(loader, "_stats", None)
+
+    def _next_data(self):
+        index = self._next_index()
+        timings: dict = {}
+        batch, _ = self._batches.build(Job(-1, index, -1, None, self._seed), None, timings)
+        if self._stats is not None:
+            self._stats.add(timings)
+        if self._pin_memory:
+            batch = torch.utils.data._utils.pin_memory.pin_memory(batch, self._pin_memory_device)
+        return batch

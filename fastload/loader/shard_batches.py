@@ -1,0 +1,81 @@
+"""The fast path for ``ShardDataset``: workers decode and augment each sample straight into the batch's
+arrays in the ring slot. Per-sample randomness is keyed by (epoch seed, sample index), so a batch is the
+same whichever worker builds it and however many workers there are."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..dataset import ShardDataset
+
+_ALIGN = 64
+
+
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    """The augmentation random stream of one sample in one epoch."""
+    return np.random.default_rng([seed % 2**64, index])
+
+
+class ShardBatches:
+    """Builds ``[images [B,3,H,W] uint8 (channels_last), labels [B] int64, ...]`` batches in place."""
+
+    wants_epoch_seed = True
+
+    def __init__(self, dataset: ShardDataset, batch_size: int):
+        self.dataset = dataset
+        spec = dataset.sample_spec()
+        assert spec is not None
+        self.layout = []   # (field, shape, dtype, offset, in_index)
+        off = 0
+        for name, shape, dtype in spec:
+            if shape == ():   # int/float fields live in the reader's index: gathered, not written
+                self.layout.append((name, shape, dtype, -1))
+                continue
+            off = (off + _ALIGN - 1) // _ALIGN * _ALIGN
+            self.layout.append((name, shape, dtype, off))
+            off += batch_size * int(np.prod(shape)) * dtype.itemsize
+        self.reserved_bytes = off
+        # room for the gathered scalar columns too, so a whole batch fits in one slot
+        self.slot_bytes = off + sum(batch_size * 8 + _ALIGN for _, s, _, o in self.layout if o < 0) + 4096
+        self._columns: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def applies(dataset, auto_collation: bool, collate_fn) -> bool:
+        from torch.utils.data._utils.collate import default_collate
+        return (isinstance(dataset, ShardDataset) and auto_collation and collate_fn is default_collate
+                and dataset.sample_spec() is not None)
+
+    def start_epoch(self) -> None:
+        pass
+
+    def _column(self, name: str) -> np.ndarray:
+        col = self._columns.get(name)
+        if col is None:
+            col = self._columns[name] = self.dataset.reader.column(name)
+        return col
+
+    def build(self, job, seg, timings: dict):
+        indices = job.index
+        n = len(indices)
+        buf = seg.mm if seg is not None else bytearray(self.slot_bytes)
+        views = {}
+        for name, shape, dtype, off in self.layout:
+            if off >= 0:
+                views[name] = np.ndarray((n, *shape), dtype=dtype, buffer=buf, offset=off)
+        t0 = time.perf_counter()
+        for j, idx in enumerate(indices):
+            self.dataset.write_sample(idx, {k: v[j] for k, v in views.items()}, sample_rng(job.seed, idx))
+        timings["decode"] = time.perf_counter() - t0
+        out = []
+        idx_arr = np.asarray(indices, dtype=np.int64)
+        for name, shape, dtype, off in self.layout:
+            if off < 0:
+                out.append(torch.from_numpy(self._column(name)[idx_arr].astype(dtype, copy=False)))
+            else:
+                t = torch.from_numpy(views[name])
+                if self.dataset.kinds[name] == "image" and t.dim() == 4 and t.shape[-1] in (1, 3, 4):
+                    t = t.permute(0, 3, 1, 2)   # [B,C,H,W] view in channels_last memory: no transpose copy
+                out.append(t)
+        return out, (self.reserved_bytes if seg is not None else 0)
