@@ -2,6 +2,7 @@
 shared-memory ring by persistent worker processes, and the fused decode path for fastload shards."""
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -9,7 +10,6 @@ from torch.utils.data import Dataset, Sampler
 
 from .inprocess import InProcessIter
 from .iterator import RingLoaderIter
-from .shard_batches import ShardBatches
 
 
 class DataLoader(torch.utils.data.DataLoader):
@@ -45,8 +45,10 @@ class DataLoader(torch.utils.data.DataLoader):
 
     def _get_iterator(self):
         batches = None
-        if ShardBatches.applies(self.dataset, self._auto_collation, self.collate_fn):
-            batches = ShardBatches(self.dataset, self.batch_size or 1)
+        if "fastload.dataset" in sys.modules:   # else the dataset cannot be a ShardDataset
+            from .shard_batches import ShardBatches
+            if ShardBatches.applies(self.dataset, self._auto_collation, self.collate_fn):
+                batches = ShardBatches(self.dataset, self.batch_size or 1)
         if self.num_workers == 0:
             return InProcessIter(self, batches) if batches is not None else super()._get_iterator()
         self.check_worker_number_rationality()

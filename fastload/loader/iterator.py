@@ -54,7 +54,13 @@ class RingLoaderIter(_BaseDataLoaderIter):
     # --- epoch start -------------------------------------------------------------------------------
     def _reset(self, loader, first_iter: bool = False) -> None:
         super()._reset(loader, first_iter)
-        self._release_held()
+        if not first_iter:
+            # persistent workers: drop what the previous epoch left in flight, slots included
+            self._release_held()
+            self._drain()
+            if getattr(self._batches, "wants_epoch_seed", False):
+                self._aug_seed = int(torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item())
+            self._pool.resume()
         self._send_idx = 0
         self._rcvd_idx = 0
         self._task_info: dict[int, tuple] = {}
@@ -62,12 +68,6 @@ class RingLoaderIter(_BaseDataLoaderIter):
         self._workers_status = [True] * self._num_workers
         self._workers_num_tasks = [0] * self._num_workers
         self._worker_queue_idx_cycle = itertools.cycle(range(self._num_workers))
-        if not first_iter:
-            # stale results of the previous epoch (persistent workers) are dropped with their slots
-            self._drain()
-            self._aug_seed = int(torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item()) \
-                if getattr(self._batches, "wants_epoch_seed", False) else self._base_seed
-            self._pool.resume()
         for _ in range(self._max_tasks):
             self._try_put_index()
 

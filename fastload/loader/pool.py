@@ -86,10 +86,11 @@ class WorkerPool:
     def wait(self, timeout: float | None) -> tuple[int, Result] | None:
         """The next result from any worker, or None after ``timeout`` seconds (None: wait for ever)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        sentinels = [p.sentinel for i, p in enumerate(self.procs) if i not in self.retired]
+        live = [i for i in range(self.n) if i not in self.retired]
+        watch = [self.result_conns[i] for i in live] + [self.procs[i].sentinel for i in live]
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = mp_wait(self.result_conns + sentinels, timeout=left)
+            ready = mp_wait(watch, timeout=left)
             for r in ready:
                 w = self._owner.get(r)
                 if w is not None:
