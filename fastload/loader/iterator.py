@@ -3,7 +3,6 @@ hand-out, iterable-dataset exhaustion), with batches carried in ring slots inste
 from __future__ import annotations
 
 import itertools
-import sys
 import weakref
 
 import torch
@@ -46,7 +45,7 @@ class RingLoaderIter(_BaseDataLoaderIter):
             raise
         self._finalizer = weakref.finalize(self, _cleanup, self._pool, self._ring)
         self._shutdown = False
-        self._held: list[tuple[int, int, object]] = []   # (slot, needed, mapping) of handed-out batches
+        self._held: list[tuple[int, int]] = []   # (slot, needed) of batches handed out that may be alive
         self._aug_seed = self._base_seed
         self._slot_hint = getattr(batches, "slot_bytes", 0)   # bytes the biggest batch so far needed
         self._reset(loader, first_iter=True)
@@ -167,9 +166,8 @@ class RingLoaderIter(_BaseDataLoaderIter):
     def _process_data(self, result: Result, w: int):
         self._workers_num_tasks[w] -= 1
         if result.status == "ok" and result.in_arena:
-            mm = self._ring.segment(result.slot).map_view(result.needed)
-            data = unpack(result.payload, True, mm)
-            self._held.append((result.slot, result.needed, mm))
+            data = unpack(result.payload, True, self._ring.segment(result.slot).mm)
+            self._held.append((result.slot, result.needed))
         else:
             data = unpack(result.payload, False) if result.status == "ok" else result.payload
             self._recycle(result.slot, result.needed)
@@ -193,17 +191,10 @@ class RingLoaderIter(_BaseDataLoaderIter):
         (its memory lives on with the batch, and the slot gets a fresh segment), so kept batches stay valid."""
         keep = self._held[-1:] if keep_last else []
         release, self._held = self._held[:len(self._held) - len(keep)], keep
-        while release:
-            slot, needed, mm = release.pop()
-            # torch.frombuffer keeps a reference to the mapping, not a buffer export: references beyond
-            # ours (the local name and getrefcount's argument) are tensors of this batch still alive.
-            if sys.getrefcount(mm) > 2:
-                self._ring.orphan(slot)   # the mapping is unmapped when the last such tensor dies
-            else:
-                mm.close()
-            del mm
+        for slot, needed in release:
+            if self._ring.segment(slot).in_use():
+                self._ring.orphan(slot)   # its memory lives on with the batch; the slot gets a new segment
             self._recycle(slot, needed)
-
 
     def _mark_worker_as_unavailable(self, worker_id: int) -> None:
         self._workers_status[worker_id] = False

@@ -12,6 +12,7 @@ import mmap
 import os
 import secrets
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,14 +112,13 @@ class Segment:
             nbytes = self.size - offset
         return np.frombuffer(self.mm, dtype=np.uint8, count=nbytes, offset=offset)
 
-    def map_view(self, nbytes: int) -> mmap.mmap:
-        """A fresh mapping of the first ``nbytes``, pre-faulted: batches handed to the user view it.
+    def in_use(self) -> bool:
+        """Whether a tensor handed out from this segment is still alive.
 
-        Because every handed-out batch has its own mapping object, the ring can tell whether the user still
-        holds any tensor of it (closing the mapping then fails with BufferError) before reusing the slot.
+        ``torch.frombuffer`` keeps a reference to the mapping object (not a buffer export), so references
+        beyond our own attribute and getrefcount's argument are batches the user still holds.
         """
-        nbytes = max(1, min(self.size, nbytes))
-        return mmap.mmap(self.fd, nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        return sys.getrefcount(self.mm) > 2
 
     def close(self) -> None:
         """Unmap (if no view is still alive) and, for the owner, remove the name."""
@@ -133,10 +133,9 @@ class Segment:
                 os.unlink(SHM_DIR / self.name)
             except FileNotFoundError:
                 pass
-        try:
+        if not self.in_use():
             self.mm.close()
-        except BufferError:
-            pass  # a zero-copy batch still views it; the mapping goes when that batch does
+        # else: the mapping is unmapped when the last tensor viewing it is freed
 
 
 class RingBuffer:
