@@ -1,0 +1,118 @@
+"""Image ops: decode (with DCT downscale and in-place crop/resize) and the horizontal flip."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fastload.ops.crop import (CropBox, center_span, dct_scale_for, pair, random_resized_crop_box,
+                               resized_size)
+from fastload.ops.jpeg import DecodeStats, decode_array, decode_image
+from fastload.ops.op import ImageDecodeOp, InplaceOp, Shape, require_rng
+from fastload.ops.resize import flip_horizontal_, resize_box_into
+
+
+class Decode(ImageDecodeOp):
+    """Full decode to ``(h, w, 3)`` uint8 RGB; the shape follows each image."""
+
+    def __init__(self) -> None:
+        self.stats = DecodeStats()
+
+    def output_shape(self) -> Shape | None:
+        return None
+
+    def decode_into(self, raw: Any, size: tuple[int, int], plan: Any, out: np.ndarray,
+                    mirror: bool = False) -> None:
+        decode_array(raw, size, out, self.stats)
+        if mirror:
+            flip_horizontal_(out)
+
+
+class DecodeRandomResizedCrop(ImageDecodeOp):
+    """torchvision ``RandomResizedCrop(size, scale, ratio)`` (bilinear, antialiased), fused with decoding.
+
+    The box is drawn from the stored ``(w, h)`` before decoding; when the box is at least twice the
+    output on both axes the JPEG is decoded DCT-downscaled by 2, 4 or 8 (see :meth:`dct_scale`).
+    """
+
+    random = True
+
+    def __init__(self, size: int | tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+        self.size = pair(size)
+        if not (0 < scale[0] <= scale[1]) or not (0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"scale and ratio must be increasing positive ranges, got {scale}, {ratio}")
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.stats = DecodeStats()
+
+    def output_shape(self) -> Shape:
+        return (*self.size, 3)
+
+    def plan(self, w: int, h: int, rng: np.random.Generator | None) -> CropBox:
+        return random_resized_crop_box(w, h, self.scale, self.ratio, require_rng(rng, self))
+
+    def dct_scale(self, box: CropBox) -> int:
+        """The JPEG DCT downscale used for ``box`` (1 when the box is under twice the output)."""
+        return dct_scale_for(box.width, box.height, self.size[1], self.size[0])
+
+    def decode_into(self, raw: Any, size: tuple[int, int], plan: CropBox, out: np.ndarray,
+                    mirror: bool = False) -> None:
+        image, s = decode_image(raw, size, self.dct_scale(plan), self.stats)
+        left, top, width, height = plan
+        resize_box_into(image, (left / s, top / s, (left + width) / s, (top + height) / s), out, mirror)
+
+
+class DecodeCenterCrop(ImageDecodeOp):
+    """torchvision ``Resize(resize)`` (shorter side, bilinear, antialiased) then ``CenterCrop(size)``,
+    done as one resize of the source region that the crop covers (zero padding if the crop is larger)."""
+
+    def __init__(self, size: int | tuple[int, int], resize: int) -> None:
+        self.size = pair(size)
+        if resize <= 0:
+            raise ValueError(f"resize must be positive, got {resize}")
+        self.resize = int(resize)
+        self.stats = DecodeStats()
+
+    def output_shape(self) -> Shape:
+        return (*self.size, 3)
+
+    def dct_scale(self, w: int, h: int) -> int:
+        """The JPEG DCT downscale used for a ``w`` x ``h`` image."""
+        rw, rh = resized_size(w, h, self.resize)
+        return dct_scale_for(w, h, rw, rh)
+
+    def decode_into(self, raw: Any, size: tuple[int, int], plan: Any, out: np.ndarray,
+                    mirror: bool = False) -> None:
+        w, h = size
+        rw, rh = resized_size(w, h, self.resize)
+        ys, xs = center_span(rh, self.size[0]), center_span(rw, self.size[1])
+        image, s = decode_image(raw, size, self.dct_scale(w, h), self.stats)
+        fx, fy = w / rw / s, h / rh / s          # resized pixel -> decoded pixel
+        box = (xs.src_start * fx, ys.src_start * fy,
+               (xs.src_start + xs.length) * fx, (ys.src_start + ys.length) * fy)
+        if ys.length == self.size[0] and xs.length == self.size[1]:
+            resize_box_into(image, box, out, mirror)
+            return
+        out[...] = 0
+        x0 = self.size[1] - xs.dst_start - xs.length if mirror else xs.dst_start
+        resize_box_into(image, box, out[ys.dst_start:ys.dst_start + ys.length, x0:x0 + xs.length], mirror)
+
+
+class RandomHorizontalFlip(InplaceOp):
+    """Mirror left-right with probability ``p`` (one ``rng.random()`` draw per sample). Right after a
+    decode op the pipeline folds it into the resize."""
+
+    random = True
+
+    def __init__(self, p: float = 0.5) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def draw(self, rng: np.random.Generator | None) -> bool:
+        return bool(require_rng(rng, self).random() < self.p)
+
+    def apply_(self, arr: np.ndarray, rng: np.random.Generator | None) -> None:
+        if self.draw(rng):
+            flip_horizontal_(arr)
