@@ -23,7 +23,7 @@ def _cleanup(pool: WorkerPool, ring: RingBuffer) -> None:
 class RingLoaderIter(_BaseDataLoaderIter):
     """Iterator of :class:`fastload.DataLoader` when ``num_workers > 0``."""
 
-    def __init__(self, loader, batches=None) -> None:
+    def __init__(self, loader, batches=None, on_new_segment=None) -> None:
         super().__init__(loader)
         self._prefetch_factor = loader.prefetch_factor
         self._in_order = loader.in_order
@@ -37,7 +37,7 @@ class RingLoaderIter(_BaseDataLoaderIter):
         self._max_tasks = self._prefetch_factor * self._num_workers
         # + 2: the batch the user holds now and the one before it, whose slot is checked before reuse
         n_slots = self._max_tasks + 2
-        self._ring = RingBuffer(n_slots, getattr(batches, "slot_bytes", 0))
+        self._ring = RingBuffer(n_slots, getattr(batches, "slot_bytes", 0), on_new_segment=on_new_segment)
         try:
             self._pool = WorkerPool(ctx, self._num_workers, batches, self._base_seed, loader.worker_init_fn)
         except BaseException:

@@ -67,6 +67,7 @@ class Segment:
     def __init__(self, name: str, size: int, mm: mmap.mmap, owner: bool, fd: int = -1):
         self.name, self.size, self.mm, self.owner, self.fd = name, size, mm, owner, fd
         self.closed = False
+        self.unregister = None   # set when the mapping is page-locked for CUDA
 
     @classmethod
     def create(cls, size: int, tag: str, shm_dir: Path = SHM_DIR) -> "Segment":
@@ -128,6 +129,9 @@ class Segment:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.unregister is not None:
+            self.unregister()
+            self.unregister = None
         if self.owner:
             try:
                 os.unlink(SHM_DIR / self.name)
@@ -146,15 +150,16 @@ class RingBuffer:
     ``n * largest batch``.
     """
 
-    def __init__(self, n_slots: int, slot_bytes: int = 0, tag: str = "ring"):
+    def __init__(self, n_slots: int, slot_bytes: int = 0, tag: str = "ring", on_new_segment=None):
         reclaim_stale_segments()
         self.tag = tag
+        self.on_new_segment = on_new_segment   # e.g. page-lock each segment for CUDA
         self.segments: list[Segment | None] = [None] * n_slots
         self.free: list[int] = list(range(n_slots))[::-1]
         if slot_bytes > 0:
             try:
                 for i in range(n_slots):
-                    self.segments[i] = Segment.create(slot_bytes, f"{tag}{i}")
+                    self.segments[i] = self._new(slot_bytes, i)
             except BaseException:
                 self.close()
                 raise
@@ -177,10 +182,16 @@ class RingBuffer:
         seg = self.segments[slot]
         if seg is not None and seg.size >= nbytes:
             return
-        new = Segment.create(int(nbytes * 1.25), f"{self.tag}{slot}")
+        new = self._new(int(nbytes * 1.25), slot)
         if seg is not None:
             seg.close()
         self.segments[slot] = new
+
+    def _new(self, nbytes: int, slot: int) -> Segment:
+        seg = Segment.create(nbytes, f"{self.tag}{slot}")
+        if self.on_new_segment is not None:
+            seg.unregister = self.on_new_segment(seg.mm)
+        return seg
 
     def orphan(self, slot: int) -> None:
         """Give up ``slot``'s segment (the user still holds a batch in it); a new one is made on demand."""
