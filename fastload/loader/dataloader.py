@@ -10,6 +10,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .inprocess import InProcessIter
 from .iterator import RingLoaderIter
+from .order import BlockShuffleSampler
 from .transfer import DeviceTransfer, Pending, register_pinned
 
 
@@ -25,6 +26,8 @@ class DataLoader(torch.utils.data.DataLoader):
       page-locked ring slots, one batch ahead of the training step.
     * ``gpu_transforms``: callables run on the device after the copy, e.g. ``[ops.Normalize(mean, std)]``
       (a list applies to the images, element 0; a dict maps element positions or keys to lists).
+    * ``order``: ``"sequential"``, ``"random"`` (= ``shuffle=True``) or ``"block"``: shuffled runs of
+      consecutive records, for datasets bigger than the page cache (see :class:`BlockShuffleSampler`).
     * ``seed``: shorthand for ``generator=torch.Generator().manual_seed(seed)`` — a reproducible shuffle
       order and augmentation stream, whatever ``num_workers`` is.
     """
@@ -38,7 +41,7 @@ class DataLoader(torch.utils.data.DataLoader):
                  generator=None, *, prefetch_factor: int | None = None, persistent_workers: bool = False,
                  pin_memory_device: str = "", in_order: bool = True,
                  seed: int | None = None, device: str | torch.device | None = None,
-                 gpu_transforms: Sequence[Callable] | dict | None = None):
+                 gpu_transforms: Sequence[Callable] | dict | None = None, order: str | None = None):
         self.device = torch.device(device) if device is not None else None
         if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device={str(self.device)!r} was asked for but CUDA is not available; "
@@ -49,6 +52,15 @@ class DataLoader(torch.utils.data.DataLoader):
                              "(e.g. device='cuda')")
         if seed is not None and generator is None:
             generator = torch.Generator().manual_seed(seed)
+        if order is not None:
+            if order not in ("sequential", "random", "block"):
+                raise ValueError(f"order must be 'sequential', 'random' or 'block', got {order!r}")
+            if shuffle or sampler is not None or batch_sampler is not None:
+                raise ValueError("order= chooses the sampler: don't pass shuffle, sampler or batch_sampler too")
+            if order == "random":
+                shuffle = True
+            elif order == "block":
+                sampler = BlockShuffleSampler(len(dataset), generator=generator)
         super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                          batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate_fn,
                          pin_memory=pin_memory, drop_last=drop_last, timeout=timeout,
