@@ -1,0 +1,207 @@
+"""``fastload`` command line: convert, inspect, verify.
+
+Each subcommand is an ``add_<name>(subparsers)`` function that registers its arguments and sets
+``func`` to a ``cmd_<name>(args) -> int`` handler; add a new one to ``SUBCOMMANDS``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+from fastload.errors import FastloadError
+
+
+# -- convert ------------------------------------------------------------------------------------------
+def _size(text: str) -> int:
+    from fastload.convert.sizes import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
+    return v
+
+
+def _quality(text: str) -> int:
+    v = int(text)
+    if not 1 <= v <= 100:
+        raise argparse.ArgumentTypeError(f"JPEG quality must be in 1..100, got {v}")
+    return v
+
+
+def add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert an ImageFolder tree or a Python dataset into a fastload dataset",
+                       description="Convert SRC (an ImageFolder directory, or module:callable returning a "
+                                   "map-style dataset) into the dataset directory DST.")
+    p.add_argument("src", metavar="SRC", help="ImageFolder root, or module:callable")
+    p.add_argument("dst", metavar="DST", help="dataset directory to create")
+    p.add_argument("--backend", choices=["shards", "lmdb"], default="shards",
+                   help="native mmap shards (default) or one LMDB environment")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores; 0: none)")
+    p.add_argument("--shard-size", type=_size, default="256MB", metavar="SIZE",
+                   help="target shard size, e.g. 256MB, 1GiB (default 256MB)")
+    p.add_argument("--max-side", type=_positive, default=None, metavar="PX",
+                   help="re-encode images whose longer side exceeds PX down to PX")
+    p.add_argument("--quality", type=_quality, default=None, metavar="Q",
+                   help="re-encode every image as JPEG of quality Q (default: keep files byte for byte)")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                   help="on an unreadable source item: stop (default) or leave it out and list it")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--no-validate", dest="validate", action="store_false",
+                   help="do not test-decode kept images (faster; corrupt files are not caught)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from fastload.convert import convert
+    summary = convert(args.src, args.dst, backend=args.backend, workers=args.workers,
+                      shard_size=args.shard_size, max_side=args.max_side, quality=args.quality,
+                      on_error=args.on_error, progress=not args.quiet, print_summary=False,
+                      overwrite=args.overwrite, validate=args.validate)
+    print(summary)
+    return 0
+
+
+# -- inspect ------------------------------------------------------------------------------------------
+def _image_format(data: memoryview) -> str:
+    head = bytes(data[:12])
+    for magic, name in ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP")):
+        if head.startswith(magic):
+            return name
+    return "WebP" if head[8:12] == b"WEBP" else "image"
+
+
+def _describe(reader: Any, i: int, name: str) -> str:
+    field = reader.schema[name]
+    value = reader.get(i, name)
+    if field.kind == "image":
+        w, h = reader.image_size(i, name)
+        return f"{_image_format(value)} {w}x{h}, {value.nbytes:,} bytes"
+    if field.kind == "ndarray":
+        head = f"array {value.dtype} {list(value.shape)}"
+        if value.size <= 8:
+            return f"{head}: {value.tolist()}"
+        return f"{head}, min {value.min()}, max {value.max()}, mean {value.mean():.4g}" if value.size else head
+    if field.kind == "bytes":
+        return f"{value.nbytes:,} bytes: {bytes(value[:24])!r}{'...' if value.nbytes > 24 else ''}"
+    text = json.dumps(value) if field.kind == "json" else repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _field_stats(reader: Any, name: str) -> dict:
+    field = reader.schema[name]
+    if len(reader) == 0 or field.kind not in ("image", "int", "float"):
+        return {}
+    col = reader.column(name)
+    if field.kind == "image":
+        area = col[:, 0].astype(np.int64) * col[:, 1]
+        lo, hi = col[int(np.argmin(area))], col[int(np.argmax(area))]
+        med = np.median(col, axis=0)
+        return {"min_size": [int(lo[0]), int(lo[1])], "max_size": [int(hi[0]), int(hi[1])],
+                "median_size": [float(med[0]), float(med[1])]}
+    stats = {"min": col.min().item(), "max": col.max().item()}
+    if field.kind == "int":
+        stats["distinct"] = int(len(np.unique(col)))
+    return stats
+
+
+def add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="show a dataset's schema, counts, sizes and a sample record")
+    p.add_argument("dst", metavar="DST", help="dataset directory")
+    p.add_argument("--record", type=int, default=0, help="which record to show (default 0)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from fastload.formats import open_dataset
+    r = open_dataset(args.dst)
+    m = r.manifest
+    info = {
+        "path": str(r.path), "backend": r.backend, "records": len(r), "files": len(m.shards),
+        "bytes": m.num_bytes, "skipped": len(m.skipped),
+        "fields": [{"name": n, **f.to_json(), **_field_stats(r, n)} for n, f in r.schema.items()],
+        "shards": [{"file": s.file, "records": s.num_records, "bytes": s.num_bytes} for s in m.shards],
+        "info": m.info,
+    }
+    if len(r):
+        i = args.record
+        info["sample"] = {"index": i, **{n: _describe(r, i, n) for n in r.schema}}
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    per = m.num_bytes / len(r) if len(r) else 0
+    print(f"dataset   {r.path}")
+    print(f"backend   {r.backend}")
+    print(f"records   {len(r):,} in {len(m.shards)} file(s), {m.num_bytes / 1e6:,.1f} MB "
+          f"({per / 1e3:,.1f} KB per record)")
+    print(f"skipped   {len(m.skipped)}" + (f" (first: {m.skipped[0]['source']})" if m.skipped else ""))
+    print("fields")
+    for f in info["fields"]:
+        params = ", ".join(f"{k}={v}" for k, v in f.items() if k not in ("name", "type"))
+        print(f"  {f['name']:<12} {f['type']:<8} {params}")
+    if "sample" in info:
+        print(f"record {info['sample']['index']}")
+        for n in r.schema:
+            print(f"  {n:<12} {info['sample'][n]}")
+    return 0
+
+
+# -- verify -------------------------------------------------------------------------------------------
+def add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check every file and record checksum; exit 1 on any mismatch")
+    p.add_argument("dst", metavar="DST", help="dataset directory")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_verify)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from fastload.formats import read_manifest, verify_dataset
+    problems = verify_dataset(args.dst, progress=not args.quiet)
+    if problems:
+        for line in problems:
+            print(line)
+        print(f"FAILED: {len(problems)} problem(s) in {args.dst}")
+        return 1
+    m = read_manifest(args.dst)
+    print(f"OK: {m.num_records:,} records in {len(m.shards)} file(s), every checksum matches")
+    return 0
+
+
+# -- entry point --------------------------------------------------------------------------------------
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, add_inspect, add_verify]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastload", description="Fast training-data loading for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failure, 2 usage, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FastloadError, OSError) as e:
+        print(f"fastload {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fastload {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""``open_dataset`` / ``DatasetReader``: one global index over a dataset directory (shards or LMDB).
+
+Global index -> (shard, record) is a binary search over the cumulative record counts of the manifest.
+Shards are opened lazily on first touch, per process: a reader pickles as (path, options) and reopens
+after unpickling or after a fork (it checks ``os.getpid()``), so mmaps and LMDB environments are never
+shared between processes.
+"""
+from __future__ import annotations
+
+import operator
+import os
+from bisect import bisect_right
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastload.errors import CorruptRecordError, FormatError
+from fastload.formats.dataset_writer import TEMP_RE
+from fastload.formats.lmdbstore import LMDBReader
+from fastload.formats.manifest import MANIFEST, Manifest, read_manifest
+from fastload.formats.schema import ImageField, Schema
+from fastload.formats.shard import ShardReader
+
+Store = ShardReader | LMDBReader
+
+
+def open_dataset(path: str | os.PathLike, readahead: bool = False, verify_reads: bool = False) -> "DatasetReader":
+    """Open the dataset directory ``path`` (backend read from its manifest)."""
+    return DatasetReader(path, readahead=readahead, verify_reads=verify_reads)
+
+
+class DatasetReader:
+    """Random access by global index to every record of a dataset directory.
+
+    ``readahead``: let the OS read ahead (sequential scans); off by default for random access.
+    ``verify_reads``: check each record's crc32 on every ``get`` (costs a pass over its bytes).
+    """
+
+    def __init__(self, path: str | os.PathLike, readahead: bool = False, verify_reads: bool = False):
+        self.path = Path(path).absolute()
+        if self.path.name == MANIFEST and self.path.is_file():
+            self.path = self.path.parent
+        self.options = {"readahead": bool(readahead), "verify_reads": bool(verify_reads)}
+        self._open()
+
+    def _open(self) -> None:
+        if TEMP_RE.search(self.path.name):
+            raise FormatError("this is the temporary directory of an unfinished or replaced conversion, "
+                              "not a dataset; run the conversion again", str(self.path))
+        m = read_manifest(self.path)
+        for s in m.shards:
+            p = self.path / s.file
+            try:
+                size = p.stat().st_size
+            except OSError:
+                raise FormatError("data file listed in the manifest is missing", str(p)) from None
+            if size != s.num_bytes:
+                raise FormatError(f"file is {size} bytes, the manifest says {s.num_bytes}: truncated or "
+                                  "replaced", str(p))
+        self._manifest = m
+        self._counts = [s.num_records for s in m.shards]
+        self._ends = list(accumulate(self._counts))
+        self._starts = [e - c for e, c in zip(self._ends, self._counts)]
+        self._len = self._ends[-1] if self._ends else 0
+        self._parts: list[Store | None] = [None] * len(m.shards)
+        self._columns: dict[str, np.ndarray] = {}
+        self._pid = os.getpid()
+
+    # -- per-process state -------------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        return {"path": str(self.path), "options": dict(self.options)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.path = Path(state["path"])
+        self.options = dict(state["options"])
+        self._pid = None          # reopen lazily in the process that uses it
+
+    def _ensure_open(self) -> None:
+        if self._pid != os.getpid():
+            # After fork the parent's stores must not be touched (LMDB); just forget them.
+            self.__dict__.pop("_parts", None)
+            self._open()
+
+    def _part(self, k: int) -> Store:
+        part = self._parts[k]
+        if part is None:
+            entry = self._manifest.shards[k]
+            p = self.path / entry.file
+            if self._manifest.backend == "lmdb":
+                part = LMDBReader(p, readahead=self.options["readahead"])
+            else:
+                part = ShardReader(p, readahead=self.options["readahead"])
+            if len(part) != entry.num_records or part.schema != self._manifest.schema:
+                part.close()
+                raise FormatError("shard does not match the manifest (record count or schema)", str(p))
+            self._parts[k] = part
+        return part
+
+    def _locate(self, index: int) -> tuple[Store, int, int]:
+        if self._pid != os.getpid():
+            self._ensure_open()
+        i = operator.index(index)
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(f"index {index} out of range for {self.path} ({self._len} records)")
+        k = bisect_right(self._ends, i)
+        part = self._parts[k] or self._part(k)
+        return part, i - self._starts[k], i
+
+    # -- the reading API (docs/ARCHITECTURE.md) -----------------------------------------------------
+    @property
+    def manifest(self) -> Manifest:
+        self._ensure_open()
+        return self._manifest
+
+    @property
+    def schema(self) -> Schema:
+        return self.manifest.schema
+
+    @property
+    def backend(self) -> str:
+        """"shards" or "lmdb"."""
+        return self.manifest.backend
+
+    def __len__(self) -> int:
+        self._ensure_open()
+        return self._len
+
+    def __repr__(self) -> str:
+        return f"DatasetReader({str(self.path)!r})"
+
+    def get(self, index: int, field: str) -> Any:
+        """Field ``field`` of record ``index`` as stored (memoryview, read-only ndarray, int, ...)."""
+        part, local, i = self._locate(index)
+        if self.options["verify_reads"]:
+            part.check(local, i)
+        return part.get(local, field, i)
+
+    def record(self, index: int) -> dict[str, Any]:
+        """Every field of record ``index``."""
+        part, local, i = self._locate(index)
+        if self.options["verify_reads"]:
+            part.check(local, i)
+        return {name: part.get(local, name, i) for name in self._manifest.schema}
+
+    def image_size(self, index: int, field: str) -> tuple[int, int]:
+        """(width, height) of an image field, from the index (no decode)."""
+        part, local, _ = self._locate(index)
+        return part.image_size(local, field)
+
+    def column(self, field: str) -> np.ndarray:
+        """All values of an int/float field (shape [N]); for an image field, its sizes [N, 2] (w, h)."""
+        self._ensure_open()
+        col = self._columns.get(field)
+        if col is None:
+            schema = self._manifest.schema
+            f = schema.get(field)
+            if f is None:
+                raise KeyError(f"no field {field!r}; fields are {list(self.schema)}")
+            parts = [self._part(k).column(field) for k in range(len(self._parts))]
+            if parts:
+                col = np.concatenate(parts) if len(parts) > 1 else np.array(parts[0])
+            else:
+                shape = (0, 2) if isinstance(f, ImageField) else (0,)
+                col = np.zeros(shape, schema.index_dtype[field + ".w" if isinstance(f, ImageField) else field])
+            col.flags.writeable = False
+            self._columns[field] = col
+        return col
+
+    def locate(self, index: int) -> tuple[Path, int]:
+        """(shard file, record number inside it) of global ``index``, for messages."""
+        self._ensure_open()
+        i = operator.index(index)
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(f"index {index} out of range for {self.path} ({self._len} records)")
+        k = bisect_right(self._ends, i)
+        return self.path / self._manifest.shards[k].file, i - self._starts[k]
+
+    def check(self, index: int) -> None:
+        """Raise CorruptRecordError (naming shard and record) if record ``index`` fails its checksum."""
+        part, local, i = self._locate(index)
+        part.check(local, i)
+
+    def verify(self, progress: bool = True) -> list[str]:
+        """Check every file and record checksum; returns one line per problem (empty when all is well)."""
+        from fastload.formats.verify import verify_dataset
+        return verify_dataset(self.path, progress=progress)
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        self._ensure_open()
+        return [self.path / s.file for s in self._manifest.shards]
+
+    def close(self) -> None:
+        """Release the open shards / environment (they reopen on next use)."""
+        for k, part in enumerate(self.__dict__.get("_parts") or []):
+            if part is not None and self._pid == os.getpid():
+                part.close()
+            self._parts[k] = None
+        self._columns = {}
+
+    def __enter__(self) -> "DatasetReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["open_dataset", "DatasetReader", "CorruptRecordError"]

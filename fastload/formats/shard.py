@@ -1,0 +1,315 @@
+"""Native shard files (``.fls``): ``ShardWriter`` streams records in, ``ShardReader`` maps them back.
+
+Layout (see docs/FORMAT.md): a 16-byte lead (magic, version), the records (aligned), the index (a numpy
+structured array, one fixed-width row per record), a JSON header, and a 64-byte trailer that locates the
+index and header and carries their crc32.  The trailer is written last, so a file whose writer died has
+none and is refused.  Readers mmap the file; nothing is read into memory except the small header.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+
+from fastload.errors import CorruptRecordError, FormatError
+from fastload.formats.records import (PackedRecord, align_up, check_align, index_row, pack_record,
+                                      validate_index)
+from fastload.formats.schema import Field, ImageField, Schema
+
+MAGIC = b"\x89FLSHRD\n"
+TRAILER_MAGIC = b"\x89FLSEND\n"
+VERSION = 1
+LEAD = struct.Struct("<8sII")                 # magic, version, reserved
+TRAILER = struct.Struct("<8sIIQQQQQII")      # magic, version, reserved, num_records, index_offset,
+TRAILER_SIZE = TRAILER.size                   # index_length, header_offset, header_length, index_crc, header_crc
+assert TRAILER_SIZE == 64
+MAX_HEADER = 16 << 20
+SUFFIX = ".fls"
+
+
+class ShardInfo(NamedTuple):
+    """What a finished writer produced."""
+    path: Path
+    num_records: int
+    num_bytes: int
+    sha256: str
+
+
+class ShardWriter:
+    """Write records of ``schema`` into one shard file at ``path``.
+
+    ``write(sample)`` takes a mapping name -> value or a tuple in schema order (see ``Field.pack`` for
+    accepted values) and returns the record number; ``close()`` writes index, header and trailer.
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: Schema, align: int = 64, fsync: bool = False):
+        self.path = Path(path)
+        self.schema = schema
+        self.align = check_align(align)
+        self.fsync = fsync
+        self._rows: list[tuple] = []
+        self._sha = hashlib.sha256()
+        self._f = open(self.path, "wb", buffering=1 << 20)
+        self._pos = 0
+        self._closed = False
+        self._put(LEAD.pack(MAGIC, VERSION, 0))
+        self._pad_to(align_up(self._pos, self.align))
+        self.data_offset = self._pos
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def num_bytes(self) -> int:
+        """Bytes written so far (records only; index, header and trailer are added by ``close``)."""
+        return self._pos
+
+    def _put(self, b: bytes | memoryview) -> None:
+        self._f.write(b)
+        self._sha.update(b)
+        self._pos += len(b)
+
+    def _pad_to(self, pos: int) -> None:
+        if pos > self._pos:
+            self._put(bytes(pos - self._pos))
+
+    def write(self, sample: Mapping[str, Any] | tuple | list) -> int:
+        """Append one sample; returns its record number in this shard."""
+        return self.write_packed(pack_record(self.schema, sample, self.align))
+
+    def write_packed(self, rec: PackedRecord) -> int:
+        """Append a record packed by ``pack_record`` with this writer's schema and ``align``."""
+        if self._closed:
+            raise ValueError(f"{self.path}: writer is closed")
+        self._pad_to(align_up(self._pos, self.align))
+        self._rows.append(index_row(self.schema, self._pos, rec))
+        self._put(rec.data)
+        return len(self._rows) - 1
+
+    def close(self) -> ShardInfo:
+        """Finish the file (index, header, trailer) and return its ``ShardInfo``."""
+        if self._closed:
+            raise ValueError(f"{self.path}: writer is closed")
+        self._pad_to(align_up(self._pos, self.align))
+        index = np.array(self._rows, dtype=self.schema.index_dtype) if self._rows else \
+            np.zeros(0, dtype=self.schema.index_dtype)
+        index_bytes = index.tobytes()
+        index_offset = self._pos
+        self._put(index_bytes)
+        header = json.dumps({
+            "format": "fastload-shard", "version": VERSION, "schema": self.schema.to_json(),
+            "align": self.align, "num_records": len(index), "data_offset": self.data_offset,
+            "index_dtype": [[n, t.str] for n, (t, _) in self.schema.index_dtype.fields.items()],
+        }, separators=(",", ":")).encode()
+        header_offset = self._pos
+        self._put(header)
+        self._put(TRAILER.pack(TRAILER_MAGIC, VERSION, 0, len(index), index_offset, len(index_bytes),
+                               header_offset, len(header), zlib.crc32(index_bytes), zlib.crc32(header)))
+        self._f.flush()
+        if self.fsync:
+            os.fsync(self._f.fileno())
+        self._f.close()
+        self._closed = True
+        return ShardInfo(self.path, len(index), self._pos, self._sha.hexdigest())
+
+    def abort(self) -> None:
+        """Close and delete the unfinished file."""
+        if not self._closed:
+            self._closed = True
+            self._f.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def parse_header(raw: bytes, path: str) -> dict:
+    """Decode a JSON header object; FormatError on anything that is not a JSON object."""
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise FormatError(f"header is not valid JSON ({e})", path) from None
+    if not isinstance(header, dict):
+        raise FormatError("header is not a JSON object", path)
+    return header
+
+
+def schema_from_header(header: dict, path: str) -> Schema:
+    try:
+        return Schema.from_json(header.get("schema"))
+    except (ValueError, TypeError, RecursionError) as e:
+        raise FormatError(f"bad schema in header: {e}", path) from None
+
+
+class ShardReader:
+    """Random access to one shard file through a read-only mmap.
+
+    Payload fields come back as zero-copy views of the mapping; int/float fields from the index.
+    Every offset in the file is checked against the file size when it is opened.
+    """
+
+    def __init__(self, path: str | os.PathLike, readahead: bool = False):
+        self.path = Path(path)
+        p = str(self.path)
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                lead = f.read(LEAD.size)
+                if size < LEAD.size + TRAILER_SIZE:
+                    raise FormatError(f"file too small ({size} bytes) to be a fastload shard: "
+                                      "truncated or not a shard", p)
+                magic, version, _ = LEAD.unpack(lead)
+                if magic != MAGIC:
+                    raise FormatError("not a fastload shard (bad magic number)", p)
+                if version != VERSION:
+                    raise FormatError(f"unsupported shard version {version} (this fastload reads {VERSION})",
+                                      p)
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise FormatError(f"cannot open shard: {e}", p) from None
+        self._mm = mm
+        try:
+            self._open(mm, size, readahead)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, mm: mmap.mmap, size: int, readahead: bool) -> None:
+        p = str(self.path)
+        (magic, version, _, n, index_offset, index_length, header_offset, header_length, index_crc,
+         header_crc) = TRAILER.unpack_from(mm, size - TRAILER_SIZE)
+        if magic != TRAILER_MAGIC:
+            raise FormatError("no shard trailer: the file is truncated or its writer did not finish", p)
+        if version != VERSION:
+            raise FormatError(f"trailer version {version} != {VERSION}", p)
+        end = size - TRAILER_SIZE
+        if not (LEAD.size <= index_offset <= end and header_offset == index_offset + index_length
+                and header_offset + header_length == end):
+            raise FormatError(f"trailer offsets do not fit the file size {size}: corrupt shard", p)
+        if header_length > MAX_HEADER:
+            raise FormatError(f"header of {header_length} bytes is larger than the {MAX_HEADER} limit", p)
+        raw_header = mm[header_offset:header_offset + header_length]
+        if zlib.crc32(raw_header) != header_crc:
+            raise FormatError("header checksum mismatch: corrupt shard", p)
+        header = parse_header(raw_header, p)
+        schema = schema_from_header(header, p)
+        align, data_offset = header.get("align"), header.get("data_offset")
+        try:
+            check_align(align)
+        except ValueError as e:
+            raise FormatError(str(e), p) from None
+        if header.get("num_records") != n or not isinstance(data_offset, int) \
+                or not LEAD.size <= data_offset <= index_offset:
+            raise FormatError("header disagrees with trailer (record count or data offset)", p)
+        dtype = schema.index_dtype
+        if index_length != n * dtype.itemsize:
+            raise FormatError(f"index is {index_length} bytes, expected {n} x {dtype.itemsize}", p)
+        if zlib.crc32(memoryview(mm)[index_offset:header_offset]) != index_crc:
+            raise FormatError("index checksum mismatch: corrupt shard", p)
+        index = np.frombuffer(mm, dtype=dtype, count=n, offset=index_offset)
+        validate_index(index, schema, data_offset, index_offset, p)
+        if hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_NORMAL if readahead else mmap.MADV_RANDOM)
+        self.header, self.schema, self.index, self.align = header, schema, index, align
+        self.num_records, self.num_bytes = n, size
+        self._mv = memoryview(mm)
+        self._start: dict[str, np.ndarray] = {}
+        self._len: dict[str, np.ndarray] = {}
+        for name in schema.payload_fields:
+            self._start[name] = index["_offset"] + index[name + ".off"]
+            self._len[name] = index[name + ".len"]
+
+    def __len__(self) -> int:
+        return self.num_records
+
+    def __repr__(self) -> str:
+        return f"ShardReader({str(self.path)!r}, records={self.num_records})"
+
+    def _field(self, field: str) -> Field:
+        try:
+            return self.schema[field]
+        except KeyError:
+            raise KeyError(f"no field {field!r}; fields are {list(self.schema)}") from None
+
+    def get(self, i: int, field: str, index: int | None = None) -> Any:
+        """Field ``field`` of record ``i`` (see the field's ``unpack``); ``index`` only for messages."""
+        f = self._field(field)
+        if not 0 <= i < self.num_records:
+            raise IndexError(f"record {i} out of range for {self.path} ({self.num_records} records)")
+        if not f.payload:
+            return self.index[field].item(i)
+        s = self._start[field].item(i)
+        raw = self._mv[s:s + self._len[field].item(i)]
+        try:
+            return f.unpack(raw)
+        except (ValueError, RecursionError) as e:
+            raise CorruptRecordError(f"field {field!r} cannot be read: {e}", str(self.path), i,
+                                     index) from None
+
+    def record_bytes(self, i: int) -> memoryview:
+        """The whole stored record ``i`` (what its crc32 covers)."""
+        if not 0 <= i < self.num_records:
+            raise IndexError(f"record {i} out of range for {self.path} ({self.num_records} records)")
+        s = self.index["_offset"].item(i)
+        return self._mv[s:s + self.index["_length"].item(i)]
+
+    def image_size(self, i: int, field: str) -> tuple[int, int]:
+        if not isinstance(self._field(field), ImageField):
+            raise TypeError(f"field {field!r} is not an ImageField")
+        row = self.index[i]
+        return int(row[field + ".w"]), int(row[field + ".h"])
+
+    def column(self, field: str) -> np.ndarray:
+        """Read-only view of an int/float field's values, or an image field's [N, 2] (w, h)."""
+        f = self._field(field)
+        if isinstance(f, ImageField):
+            return np.stack([self.index[field + ".w"], self.index[field + ".h"]], axis=1)
+        if f.payload:
+            raise TypeError(f"field {field!r} ({f.kind}) is not stored in the index")
+        return self.index[field]
+
+    def check(self, i: int, index: int | None = None) -> None:
+        """Raise CorruptRecordError if record ``i``'s bytes do not match its crc32."""
+        if zlib.crc32(self.record_bytes(i)) != self.index["_crc32"].item(i):
+            raise CorruptRecordError("checksum mismatch", str(self.path), i, index)
+
+    def bad_records(self) -> list[int]:
+        """Record numbers whose crc32 does not match."""
+        crcs = self.index["_crc32"]
+        return [i for i in range(self.num_records) if zlib.crc32(self.record_bytes(i)) != crcs.item(i)]
+
+    def close(self) -> None:
+        """Drop the mapping (it stays alive while views handed out still exist)."""
+        for name in ("index", "_start", "_len"):
+            self.__dict__.pop(name, None)
+        mv = self.__dict__.pop("_mv", None)
+        if mv is not None:
+            try:
+                mv.release()
+            except BufferError:
+                pass
+        mm = self.__dict__.pop("_mm", None)
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass
+
+    def __enter__(self) -> "ShardReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
