@@ -21,6 +21,12 @@ PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+pip_q() {  # pip_q VENV ARGS... : pip install -q, without this machine's noise about empty local indexes
+  local venv="$1"; shift
+  "$venv/bin/python" -m pip install -q "$@" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+  return "${PIPESTATUS[0]}"
+}
+
 check_python() {
   local v
   v="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
@@ -59,9 +65,9 @@ venv_setup() {
   log "$name: pip install $* (constraints: $(basename "$lock"))"
   # A command-line -c replaces pip's configured constraint file (the machine's torch cap): the lock
   # files pin torch exactly, within that cap.
-  "$venv/bin/python" -m pip install -q -c "$lock" "${reqs[@]}"
+  pip_q "$venv" -c "$lock" "${reqs[@]}"
   log "$name: pip install --no-deps -e $REPO (fastload)"
-  "$venv/bin/python" -m pip install -q --no-deps -e "$REPO"
+  pip_q "$venv" --no-deps -e "$REPO"
   "$venv/bin/python" -c "$check"
   echo "$key" > "$stamp"
   log "$name: ready ($(du -sh "$venv" | cut -f1))"

@@ -96,10 +96,11 @@ def random_crop_offsets(w: int, h: int, out_w: int, out_h: int, padding: int,
     return top, left
 
 
-def dct_scale_for(src_w: float, src_h: float, out_w: int, out_h: int) -> int:
-    """The largest JPEG DCT downscale (1, 2, 4 or 8) that keeps the source region at least as large as the
-    output on both axes, i.e. used only when the region is at least twice the output."""
+def dct_scale_for(src_w: float, src_h: float, out_w: int, out_h: int, reducing_gap: float = 1.0) -> int:
+    """The largest JPEG DCT downscale (1, 2, 4 or 8) that keeps the source region at least
+    ``reducing_gap`` times the output on both axes. With the default 1 the DCT path starts when the region
+    is twice the output; 2 leaves a 2x antialiased resize after it (slower, closer to torchvision)."""
     for s in (8, 4, 2):
-        if src_w >= s * out_w and src_h >= s * out_h:
+        if src_w >= s * reducing_gap * out_w and src_h >= s * reducing_gap * out_h:
             return s
     return 1

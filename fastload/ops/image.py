@@ -12,6 +12,12 @@ from fastload.ops.op import ImageDecodeOp, InplaceOp, Shape, require_rng
 from fastload.ops.resize import flip_horizontal_, resize_box_into
 
 
+def _check_gap(reducing_gap: float) -> float:
+    if not reducing_gap >= 1.0:
+        raise ValueError(f"reducing_gap must be >= 1, got {reducing_gap}")
+    return float(reducing_gap)
+
+
 class Decode(ImageDecodeOp):
     """Full decode to ``(h, w, 3)`` uint8 RGB; the shape follows each image."""
 
@@ -32,18 +38,21 @@ class DecodeRandomResizedCrop(ImageDecodeOp):
     """torchvision ``RandomResizedCrop(size, scale, ratio)`` (bilinear, antialiased), fused with decoding.
 
     The box is drawn from the stored ``(w, h)`` before decoding; when the box is at least twice the
-    output on both axes the JPEG is decoded DCT-downscaled by 2, 4 or 8 (see :meth:`dct_scale`).
+    output on both axes the JPEG is decoded DCT-downscaled by 2, 4 or 8 (see :meth:`dct_scale`);
+    ``reducing_gap`` > 1 keeps that many times the output before the final resize (closer to torchvision,
+    slower; Pillow's ``reducing_gap`` idea).
     """
 
     random = True
 
     def __init__(self, size: int | tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), reducing_gap: float = 1.0) -> None:
         self.size = pair(size)
         if not (0 < scale[0] <= scale[1]) or not (0 < ratio[0] <= ratio[1]):
             raise ValueError(f"scale and ratio must be increasing positive ranges, got {scale}, {ratio}")
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.reducing_gap = _check_gap(reducing_gap)
         self.stats = DecodeStats()
 
     def output_shape(self) -> Shape:
@@ -54,7 +63,7 @@ class DecodeRandomResizedCrop(ImageDecodeOp):
 
     def dct_scale(self, box: CropBox) -> int:
         """The JPEG DCT downscale used for ``box`` (1 when the box is under twice the output)."""
-        return dct_scale_for(box.width, box.height, self.size[1], self.size[0])
+        return dct_scale_for(box.width, box.height, self.size[1], self.size[0], self.reducing_gap)
 
     def decode_into(self, raw: Any, size: tuple[int, int], plan: CropBox, out: np.ndarray,
                     mirror: bool = False) -> None:
@@ -65,13 +74,16 @@ class DecodeRandomResizedCrop(ImageDecodeOp):
 
 class DecodeCenterCrop(ImageDecodeOp):
     """torchvision ``Resize(resize)`` (shorter side, bilinear, antialiased) then ``CenterCrop(size)``,
-    done as one resize of the source region that the crop covers (zero padding if the crop is larger)."""
+    done as one resize of the source region that the crop covers (zero padding if the crop is larger).
+    JPEGs are DCT-downscaled when the image is at least twice the resized size (``reducing_gap`` as in
+    :class:`DecodeRandomResizedCrop`)."""
 
-    def __init__(self, size: int | tuple[int, int], resize: int) -> None:
+    def __init__(self, size: int | tuple[int, int], resize: int, reducing_gap: float = 1.0) -> None:
         self.size = pair(size)
         if resize <= 0:
             raise ValueError(f"resize must be positive, got {resize}")
         self.resize = int(resize)
+        self.reducing_gap = _check_gap(reducing_gap)
         self.stats = DecodeStats()
 
     def output_shape(self) -> Shape:
@@ -80,7 +92,7 @@ class DecodeCenterCrop(ImageDecodeOp):
     def dct_scale(self, w: int, h: int) -> int:
         """The JPEG DCT downscale used for a ``w`` x ``h`` image."""
         rw, rh = resized_size(w, h, self.resize)
-        return dct_scale_for(w, h, rw, rh)
+        return dct_scale_for(w, h, rw, rh, self.reducing_gap)
 
     def decode_into(self, raw: Any, size: tuple[int, int], plan: Any, out: np.ndarray,
                     mirror: bool = False) -> None:
