@@ -1,0 +1,39 @@
+"""Peer (b): the pipeline most users run: DataLoader + ImageFolder + classic transforms with
+ToTensor() + Normalize(ImageNet mean/std). Output float32 [B, 3, 224, 224] (NOT uint8: the conversion
+and normalisation are part of what is measured here).
+
+    .venv-vision/bin/python -m benchmarks.peers.torchvision_classic --data benchmarks/data/bench --workers 2
+"""
+from __future__ import annotations
+
+import sys
+
+from benchmarks.peers._common import SCALE, RATIO, SIZE, main, subdir
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def train_transform():
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomResizedCrop(SIZE, scale=SCALE, ratio=RATIO),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(MEAN, STD),
+    ])
+
+
+def make_loader(data_dir, batch_size: int, num_workers: int, seed: int = 0):
+    import torch
+    from torchvision.datasets import ImageFolder
+
+    ds = ImageFolder(str(subdir(data_dir, "imagefolder")), transform=train_transform())
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=False,
+        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(make_loader, "torchvision_classic", __doc__.splitlines()[0], expect_float=True))
