@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, Sampler
 from .inprocess import InProcessIter
 from .iterator import RingLoaderIter
 from .order import BlockShuffleSampler
+from .stats import LoaderStats
 from .transfer import DeviceTransfer, Pending, register_pinned
 
 
@@ -42,6 +43,7 @@ class DataLoader(torch.utils.data.DataLoader):
                  pin_memory_device: str = "", in_order: bool = True,
                  seed: int | None = None, device: str | torch.device | None = None,
                  gpu_transforms: Sequence[Callable] | dict | None = None, order: str | None = None):
+        self.stats = LoaderStats()   # per-stage seconds, filled by the workers' per-batch messages
         self.device = torch.device(device) if device is not None else None
         if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device={str(self.device)!r} was asked for but CUDA is not available; "

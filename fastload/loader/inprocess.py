@@ -13,11 +13,11 @@ class InProcessIter(_BaseDataLoaderIter):
         super().__init__(loader)
         self._batches = batches
         self._seed = self._base_seed
-        self._stats = getattr(loader, "_stats", None)
+        self._stats = loader.stats
 
     def _next_data(self):
         index = self._next_index()
-        timings: dict = {}
+        timings: dict = {"worker": -1, "samples": len(index)}
         batch, _ = self._batches.build(Job(-1, index, -1, None, self._seed), None, timings)
         if self._stats is not None:
             self._stats.add(timings)

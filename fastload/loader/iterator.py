@@ -3,6 +3,7 @@ hand-out, iterable-dataset exhaustion), with batches carried in ring slots inste
 from __future__ import annotations
 
 import itertools
+import time
 import weakref
 
 import torch
@@ -28,7 +29,7 @@ class RingLoaderIter(_BaseDataLoaderIter):
         self._prefetch_factor = loader.prefetch_factor
         self._in_order = loader.in_order
         self._generator = loader.generator
-        self._stats = getattr(loader, "_stats", None)
+        self._stats = loader.stats
         ctx = loader.multiprocessing_context or torch.multiprocessing
         if batches is None:
             batches = GenericBatches(self._dataset_kind, self._dataset, self._auto_collation,
@@ -113,7 +114,9 @@ class RingLoaderIter(_BaseDataLoaderIter):
     # --- receive -----------------------------------------------------------------------------------
     def _get_data(self) -> tuple[int, Result]:
         timeout = self._timeout if self._timeout > 0 else None
+        t0 = time.perf_counter()
         got = self._pool.wait(timeout)
+        self._stats.add_main("wait-for-batch", t0, time.perf_counter() - t0)
         if got is None:
             raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds")
         return got
@@ -171,7 +174,7 @@ class RingLoaderIter(_BaseDataLoaderIter):
         else:
             data = unpack(result.payload, False) if result.status == "ok" else result.payload
             self._recycle(result.slot, result.needed)
-        if self._stats is not None and result.timings:
+        if result.timings:
             self._stats.add(result.timings)
         self._try_put_index()
         if result.status == "error":

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..dataset import ShardDataset
+from .stats import span
 
 _ALIGN = 64
 
@@ -67,7 +68,7 @@ class ShardBatches:
         t0 = time.perf_counter()
         for j, idx in enumerate(indices):
             self.dataset.write_sample(idx, {k: v[j] for k, v in views.items()}, sample_rng(job.seed, idx))
-        timings["decode"] = time.perf_counter() - t0
+        span(timings, "read+decode+augment", t0)
         out = []
         idx_arr = np.asarray(indices, dtype=np.int64)
         for name, shape, dtype, off in self.layout:

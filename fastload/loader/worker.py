@@ -19,6 +19,7 @@ from torch.utils.data._utils.worker import WorkerInfo, _generate_state, _Iterabl
 
 from .arena import ArenaAllocator, pack
 from .ring import Segment
+from .stats import span
 
 POLL_S = 1.0
 
@@ -88,7 +89,7 @@ class GenericBatches:
             reserved = self.allocator.cursor
         finally:
             self.allocator = None
-        timings["fetch"] = time.perf_counter() - t0
+        span(timings, "fetch+collate", t0)
         return batch, reserved
 
 
@@ -144,7 +145,8 @@ def worker_main(worker_id: int, num_workers: int, batches, job_conn, result_conn
             if iteration_end:
                 continue
             seg = _segment(segments, job)
-            timings: dict = {}
+            n = len(job.index) if hasattr(job.index, "__len__") else 1
+            timings: dict = {"worker": worker_id, "samples": n}
             if init_error is not None:
                 result = Result(job.task, job.slot, "error", init_error)
                 init_error = None
@@ -153,7 +155,7 @@ def worker_main(worker_id: int, num_workers: int, batches, job_conn, result_conn
                     batch, reserved = batches.build(job, seg, timings)
                     t0 = time.perf_counter()
                     packed = pack(batch, seg, reserved)
-                    timings["pack"] = time.perf_counter() - t0
+                    span(timings, "write-to-slot", t0)
                     del batch
                     result = Result(job.task, job.slot, "ok", packed.payload, packed.in_arena,
                                     packed.needed, timings)

@@ -1,0 +1,53 @@
+"""Stage counters that travel with each batch (DESIGN.md contract 3): where the stages run, they time
+themselves; the main process adds its own waits; the profiler only reads and summarises."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+
+def span(timings: dict, stage: str, t0: float) -> float:
+    """Record ``stage`` as running from ``t0`` (a ``time.perf_counter()`` value) until now; returns now."""
+    now = time.perf_counter()
+    timings.setdefault("spans", []).append((stage, t0, now - t0))
+    return now
+
+
+class LoaderStats:
+    """Per-stage totals (seconds, count) for one loader, and optionally every span for a trace.
+
+    ``time.perf_counter`` is CLOCK_MONOTONIC on Linux, shared by all processes, so worker spans and
+    main-process spans line up on one timeline.
+    """
+
+    def __init__(self, keep_spans: bool = False, max_spans: int = 200_000):
+        self.keep_spans, self.max_spans = keep_spans, max_spans
+        self.reset()
+
+    def reset(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.spans: list[tuple[str, int, float, float]] = []   # (stage, worker or -1 for main, start, dur)
+        self.batches = 0
+        self.samples = 0
+
+    def add(self, timings: dict) -> None:
+        """Fold in one batch's worker-side timings."""
+        self.batches += 1
+        self.samples += timings.get("samples", 0)
+        worker = timings.get("worker", -1)
+        for stage, t0, dt in timings.get("spans", ()):
+            self.seconds[stage] += dt
+            self.counts[stage] += 1
+            if self.keep_spans and len(self.spans) < self.max_spans:
+                self.spans.append((stage, worker, t0, dt))
+
+    def add_main(self, stage: str, t0: float, dt: float) -> None:
+        self.seconds[stage] += dt
+        self.counts[stage] += 1
+        if self.keep_spans and len(self.spans) < self.max_spans:
+            self.spans.append((stage, -1, t0, dt))
+
+    def summary(self) -> dict:
+        return {"batches": self.batches, "samples": self.samples,
+                "seconds": dict(self.seconds), "counts": dict(self.counts)}
