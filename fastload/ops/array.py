@@ -11,8 +11,8 @@ from fastload.ops.crop import center_span, pair, random_crop_offsets
 from fastload.ops.op import ArrayOp, Shape, require_rng
 
 
-def _check_input(input_shape: Shape | None, op: ArrayOp) -> None:
-    if input_shape is not None and len(input_shape) not in (2, 3):
+def _check_input(input_shape: Shape, op: ArrayOp) -> None:
+    if len(input_shape) not in (2, 3):
         raise ValueError(f"{op!r} needs (h, w) or (h, w, c) arrays, got shape {input_shape}")
 
 
@@ -41,9 +41,9 @@ class RandomCrop(ArrayOp):
             raise ValueError(f"padding must be >= 0, got {padding}")
         self.padding = int(padding)
 
-    def output_shape(self, input_shape: Shape | None) -> Shape | None:
+    def output_shape(self, input_shape: Shape) -> Shape:
         _check_input(input_shape, self)
-        return None if input_shape is None else (*self.size, *input_shape[2:])
+        return (*self.size, *input_shape[2:])
 
     def apply(self, src: np.ndarray, out: np.ndarray, rng: np.random.Generator | None) -> None:
         h, w = src.shape[:2]
@@ -58,9 +58,9 @@ class CenterCrop(ArrayOp):
     def __init__(self, size: int | tuple[int, int]) -> None:
         self.size = pair(size)
 
-    def output_shape(self, input_shape: Shape | None) -> Shape | None:
+    def output_shape(self, input_shape: Shape) -> Shape:
         _check_input(input_shape, self)
-        return None if input_shape is None else (*self.size, *input_shape[2:])
+        return (*self.size, *input_shape[2:])
 
     def apply(self, src: np.ndarray, out: np.ndarray, rng: np.random.Generator | None) -> None:
         h, w = src.shape[:2]

@@ -56,9 +56,15 @@ class Normalize(torch.nn.Module):
         return f"mean={mean}, std={std}, dtype={self.dtype}"
 
 
+def _value_bits(dtype: torch.dtype) -> int:
+    info = torch.iinfo(dtype)
+    return info.bits - (1 if info.min < 0 else 0)
+
+
 class ToDtype(torch.nn.Module):
-    """Convert to ``dtype``; with ``scale`` map value ranges like torchvision's ``ToDtype(scale=True)``:
-    integer -> float divides by the integer type's max, float -> integer multiplies (rounding, clamping)."""
+    """Convert to ``dtype``; with ``scale`` map value ranges as torchvision's ``ToDtype(scale=True)`` does:
+    integer -> float divides by the integer max, float -> integer multiplies by ``max + 1 - 1e-3`` and
+    truncates, integer -> integer shifts bits."""
 
     def __init__(self, dtype: torch.dtype, scale: bool = False) -> None:
         super().__init__()
@@ -68,17 +74,16 @@ class ToDtype(torch.nn.Module):
         if not self.scale or x.dtype == self.dtype:
             return x.to(self.dtype)
         src_float, dst_float = x.is_floating_point(), self.dtype.is_floating_point
-        if not src_float and dst_float:
+        if src_float and dst_float:
+            return x.to(self.dtype)
+        if dst_float:
             return x.to(self.dtype).mul_(1.0 / torch.iinfo(x.dtype).max)
-        if src_float and not dst_float:
-            top = torch.iinfo(self.dtype).max
-            return (x * top).round_().clamp_(torch.iinfo(self.dtype).min, top).to(self.dtype)
-        if not src_float and not dst_float:
-            src_max, dst_max = torch.iinfo(x.dtype).max, torch.iinfo(self.dtype).max
-            if dst_max >= src_max:
-                return x.to(self.dtype) * (dst_max // src_max)
-            return (x // ((src_max + 1) // (dst_max + 1))).to(self.dtype)
-        return x.to(self.dtype)
+        if src_float:
+            return x.mul(torch.iinfo(self.dtype).max + 1.0 - 1e-3).to(self.dtype)
+        shift = _value_bits(self.dtype) - _value_bits(x.dtype)
+        if shift >= 0:
+            return x.to(self.dtype).bitwise_left_shift_(shift)
+        return x.bitwise_right_shift(-shift).to(self.dtype)
 
     def extra_repr(self) -> str:
         return f"dtype={self.dtype}, scale={self.scale}"

@@ -24,8 +24,8 @@ class Decode(ImageDecodeOp):
     def __init__(self) -> None:
         self.stats = DecodeStats()
 
-    def output_shape(self) -> Shape | None:
-        return None
+    def output_shape(self) -> Shape:
+        return (None, None, 3)
 
     def decode_into(self, raw: Any, size: tuple[int, int], plan: Any, out: np.ndarray,
                     mirror: bool = False) -> None:

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-Shape = tuple[int, ...]
+Shape = tuple[int | None, ...]      # None marks a dimension that follows each sample
 
 
 class Op:
@@ -26,14 +26,14 @@ class ImageDecodeOp(Op):
     then the pipeline lets a fused flip draw, then ``decode_into`` runs.
     """
 
-    def output_shape(self) -> Shape | None:
-        """``(h, w, 3)``, or None when it follows each image's size."""
+    def output_shape(self) -> Shape:
+        """``(h, w, 3)``; ``(None, None, 3)`` when it follows each image's size."""
         raise NotImplementedError
 
-    def sample_shape(self, size: tuple[int, int]) -> Shape:
+    def sample_shape(self, size: tuple[int, int]) -> tuple[int, ...]:
         """The output shape for an image of ``size = (w, h)``."""
-        shape = self.output_shape()
-        return shape if shape is not None else (size[1], size[0], 3)
+        h, w, c = self.output_shape()
+        return (size[1] if h is None else h, size[0] if w is None else w, c)
 
     def plan(self, w: int, h: int, rng: np.random.Generator | None) -> Any:
         """Draw this sample's random choices from the stored size alone."""
@@ -47,7 +47,8 @@ class ImageDecodeOp(Op):
 class ArrayOp(Op):
     """Reads an array and writes a new one of a declared shape into ``out``."""
 
-    def output_shape(self, input_shape: Shape | None) -> Shape | None:
+    def output_shape(self, input_shape: Shape) -> Shape:
+        """The output shape for ``input_shape`` (either may hold None dimensions)."""
         raise NotImplementedError
 
     def apply(self, src: np.ndarray, out: np.ndarray, rng: np.random.Generator | None) -> None:

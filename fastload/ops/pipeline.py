@@ -52,8 +52,9 @@ class FieldPipeline:
         for op in rest:
             if isinstance(op, ArrayOp):
                 shape = op.output_shape(shape)
-        self.output_shape: Shape | None = shape if kind in ("image", "ndarray") else (
-            () if kind in _SCALAR_DTYPES else None)
+        if kind in _SCALAR_DTYPES:
+            shape = ()
+        self.output_shape: tuple[int, ...] | None = shape if shape is not None and None not in shape else None
         self.output_dtype: np.dtype = source_dtype
         self._local = threading.local()
 
@@ -74,7 +75,7 @@ class FieldPipeline:
         """The decode op's counters (images decoded, PIL fallbacks, DCT-downscaled), if it decodes."""
         return getattr(self._decode, "stats", None)
 
-    def sample_shape(self, raw: Any, size: tuple[int, int] | None) -> Shape:
+    def sample_shape(self, raw: Any, size: tuple[int, int] | None) -> tuple[int, ...]:
         """This sample's output shape (``output_shape`` when fixed; else from the image size)."""
         if self.output_shape is not None:
             return self.output_shape
