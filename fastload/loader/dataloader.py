@@ -3,6 +3,7 @@ shared-memory ring by persistent worker processes, and the fused decode path for
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -10,7 +11,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .inprocess import InProcessIter
 from .iterator import RingLoaderIter
-from .order import BlockShuffleSampler
+from .order import BlockShuffleSampler, DistributedOrder
 from .stats import LoaderStats
 from .transfer import DeviceTransfer, Pending, register_pinned
 
@@ -29,6 +30,9 @@ class DataLoader(torch.utils.data.DataLoader):
       (a list applies to the images, element 0; a dict maps element positions or keys to lists).
     * ``order``: ``"sequential"``, ``"random"`` (= ``shuffle=True``) or ``"block"``: shuffled runs of
       consecutive records, for datasets bigger than the page cache (see :class:`BlockShuffleSampler`).
+    * ``distributed`` / ``rank`` / ``world_size``: give this rank a disjoint slice of each epoch's order, with
+      ``DistributedSampler``'s padding / ``drop_last`` semantics (rank and world size from
+      ``torch.distributed`` unless given). The epoch advances by itself; ``set_epoch`` still works.
     * ``seed``: shorthand for ``generator=torch.Generator().manual_seed(seed)`` — a reproducible shuffle
       order and augmentation stream, whatever ``num_workers`` is.
     """
@@ -42,7 +46,13 @@ class DataLoader(torch.utils.data.DataLoader):
                  generator=None, *, prefetch_factor: int | None = None, persistent_workers: bool = False,
                  pin_memory_device: str = "", in_order: bool = True,
                  seed: int | None = None, device: str | torch.device | None = None,
-                 gpu_transforms: Sequence[Callable] | dict | None = None, order: str | None = None):
+                 gpu_transforms: Sequence[Callable] | dict | None = None, order: str | None = None,
+                 distributed: bool = False, rank: int | None = None, world_size: int | None = None):
+        self._resume: dict | None = None
+        self._epoch_start: dict | None = None
+        self._epoch_skipped = 0
+        self._live = None
+        self._live_device = None
         self.stats = LoaderStats()   # per-stage seconds, filled by the workers' per-batch messages
         self.device = torch.device(device) if device is not None else None
         if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
@@ -54,6 +64,14 @@ class DataLoader(torch.utils.data.DataLoader):
                              "(e.g. device='cuda')")
         if seed is not None and generator is None:
             generator = torch.Generator().manual_seed(seed)
+        if distributed or rank is not None or world_size is not None:
+            if sampler is not None or batch_sampler is not None:
+                raise ValueError("distributed=True makes the sampler (a DistributedSampler-like order): don't "
+                                 "pass sampler or batch_sampler too")
+            rank, world_size = _rank_and_world(rank, world_size)
+            sampler = DistributedOrder(len(dataset), rank, world_size, shuffle=bool(shuffle) or order == "random",
+                                       seed=seed if seed is not None else 0, drop_last=drop_last)
+            shuffle, order = None, None
         if order is not None:
             if order not in ("sequential", "random", "block"):
                 raise ValueError(f"order must be 'sequential', 'random' or 'block', got {order!r}")
@@ -71,11 +89,96 @@ class DataLoader(torch.utils.data.DataLoader):
                          persistent_workers=persistent_workers, pin_memory_device=pin_memory_device,
                          in_order=in_order)
 
+    # --- epochs, resume -----------------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch of a distributed order (like ``DistributedSampler.set_epoch``)."""
+        if not isinstance(self.sampler, DistributedOrder):
+            raise ValueError("set_epoch applies to distributed=True loaders")
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        if isinstance(self.sampler, DistributedOrder) and self._resume is None:
+            self.sampler.begin_pass()
+        if self._resume is not None and self.persistent_workers and self._iterator is not None:
+            self._iterator = None   # a resumed epoch starts on fresh workers (they are re-seeded)
+        return super().__iter__()
+
+    def _rng_state(self) -> torch.Tensor:
+        return self.generator.get_state() if self.generator is not None else torch.get_rng_state()
+
+    def _resume_seeds(self, it) -> None:
+        """Before workers start: the seeds of the epoch being resumed."""
+        if self._resume is not None:
+            it._base_seed = self._resume["base_seed"]
+
+    def _begin_epoch(self, it) -> None:
+        """Called by an iterator right before its sampler first draws: record (or restore) where the epoch
+        starts, and skip the index lists of batches a resumed run already consumed."""
+        r, self._resume = self._resume, None
+        if r is not None:
+            if self.generator is not None:
+                self.generator.set_state(r["rng_state"])
+            else:
+                torch.set_rng_state(r["rng_state"])
+            it._base_seed = r["base_seed"]
+            if hasattr(it, "_aug_seed"):
+                it._aug_seed = r["aug_seed"]
+        elif isinstance(self.sampler, DistributedOrder) and hasattr(it, "_aug_seed"):
+            it._aug_seed = self.sampler.epoch_seed()
+        self._epoch_start = {"rng_state": self._rng_state(), "base_seed": it._base_seed,
+                             "aug_seed": getattr(it, "_aug_seed", it._base_seed)}
+        skip = r["batches"] if r is not None and not isinstance(self.sampler, DistributedOrder) else 0
+        for _ in range(skip):
+            try:
+                it._next_index()
+            except StopIteration:
+                break
+        it._num_yielded = skip
+        self._epoch_skipped = skip
+        self._live = weakref.ref(it)
+
+    def state_dict(self) -> dict:
+        """Where the loader is: resume with :meth:`load_state_dict` to get exactly the batches that the
+        uninterrupted run would have produced next (same samples, same augmentation randomness).
+
+        Restoring costs O(1) data work: no sample is loaded to get back to the saved step.
+        """
+        it = self._live() if self._live is not None else None
+        batches = it._num_yielded if it is not None else 0
+        dev = self._live_device() if self._live_device is not None else None
+        if dev is not None and dev.inner is it and dev.pending is not None:
+            batches -= 1   # fetched ahead for the device copy, not yet handed out
+        state = {"version": 1, "batches": batches, "batch_size": self.batch_size, **(self._epoch_start or {})}
+        if not self._epoch_start:
+            state.update(rng_state=self._rng_state(), base_seed=None, aug_seed=None)
+        if isinstance(self.sampler, DistributedOrder):
+            s = self.sampler
+            state["distributed"] = {"epoch": s.epoch, "seed": s.seed, "world_size": s.world_size,
+                                    "consumed": s.start + (batches - self._epoch_skipped) * (self.batch_size or 1)
+                                    * s.world_size}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict` (also on a different number of ranks when ``distributed``)."""
+        if state.get("version") != 1:
+            raise ValueError(f"unknown fastload DataLoader state version {state.get('version')!r}")
+        if state.get("base_seed") is None:   # saved before any epoch started: nothing to skip
+            return
+        self._resume = dict(state)
+        d = state.get("distributed")
+        if d is not None:
+            if not isinstance(self.sampler, DistributedOrder):
+                raise ValueError("this state was saved by a distributed=True loader; make this one distributed too")
+            self.sampler.set_epoch(d["epoch"])
+            self.sampler.start = d["consumed"]
+
     def _get_iterator(self):
         it = self._host_iterator()
         if self.device is None:
             return it
-        return DeviceIter(it, DeviceTransfer(self.device, self.gpu_transforms))
+        dev = DeviceIter(it, DeviceTransfer(self.device, self.gpu_transforms))
+        self._live_device = weakref.ref(dev)
+        return dev
 
     def _host_iterator(self):
         batches = None
@@ -84,7 +187,11 @@ class DataLoader(torch.utils.data.DataLoader):
             if ShardBatches.applies(self.dataset, self._auto_collation, self.collate_fn):
                 batches = ShardBatches(self.dataset, self.batch_size or 1)
         if self.num_workers == 0:
-            return InProcessIter(self, batches) if batches is not None else super()._get_iterator()
+            if batches is not None:
+                return InProcessIter(self, batches)
+            it = super()._get_iterator()
+            self._begin_epoch(it)
+            return it
         self.check_worker_number_rationality()
         pin = None
         if self.device is not None and self.device.type == "cuda":
@@ -131,3 +238,14 @@ class DeviceIter:
         current.host = None
         self.pending = self._start_next()
         return self.transfer.finish(current)
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return (dist.get_rank() if rank is None else rank,
+                dist.get_world_size() if world_size is None else world_size)
+    raise ValueError("distributed=True needs torch.distributed initialised (e.g. under torchrun) "
+                     "or explicit rank= and world_size=")

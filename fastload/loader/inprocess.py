@@ -12,13 +12,14 @@ class InProcessIter(_BaseDataLoaderIter):
     def __init__(self, loader, batches) -> None:
         super().__init__(loader)
         self._batches = batches
-        self._seed = self._base_seed
+        self._aug_seed = self._base_seed
+        loader._begin_epoch(self)
         self._stats = loader.stats
 
     def _next_data(self):
         index = self._next_index()
         timings: dict = {"worker": -1, "samples": len(index)}
-        batch, _ = self._batches.build(Job(-1, index, -1, None, self._seed), None, timings)
+        batch, _ = self._batches.build(Job(-1, index, -1, None, self._aug_seed), None, timings)
         if self._stats is not None:
             self._stats.add(timings)
         if self._pin_memory:

@@ -30,6 +30,7 @@ class RingLoaderIter(_BaseDataLoaderIter):
         self._in_order = loader.in_order
         self._generator = loader.generator
         self._stats = loader.stats
+        loader._resume_seeds(self)
         ctx = loader.multiprocessing_context or torch.multiprocessing
         if batches is None:
             batches = GenericBatches(self._dataset_kind, self._dataset, self._auto_collation,
@@ -68,6 +69,7 @@ class RingLoaderIter(_BaseDataLoaderIter):
         self._workers_status = [True] * self._num_workers
         self._workers_num_tasks = [0] * self._num_workers
         self._worker_queue_idx_cycle = itertools.cycle(range(self._num_workers))
+        loader._begin_epoch(self)
         for _ in range(self._max_tasks):
             self._try_put_index()
 

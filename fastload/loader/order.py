@@ -41,3 +41,69 @@ class BlockShuffleSampler(Sampler[int]):
         for start in range(0, n_blocks, self.window):
             idx = torch.cat([torch.arange(k * b, min((k + 1) * b, n)) for k in blocks[start:start + self.window]])
             yield from idx[torch.randperm(len(idx), generator=g)].tolist()
+
+
+class DistributedOrder(Sampler[int]):
+    """This rank's share of the epoch's order, with ``torch.utils.data.DistributedSampler``'s semantics.
+
+    Every rank computes the same permutation from ``seed + epoch``; without ``drop_last`` the order is
+    padded with its own head to a multiple of ``world_size``, with it the tail is cut; rank ``r`` takes
+    positions ``r, r + world_size, ...``. Unlike DistributedSampler the epoch advances by itself on each new
+    pass (``set_epoch`` still sets it), because forgetting ``set_epoch`` silently repeats one order.
+
+    ``start`` skips a prefix of the *global* order: samples every rank already consumed. That is how a run
+    resumes mid-epoch on a different number of ranks: the remaining samples are re-sliced among the new ones.
+    """
+
+    def __init__(self, num_samples: int, rank: int, world_size: int, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False):
+        if world_size <= 0 or not 0 <= rank < world_size:
+            raise ValueError(f"invalid rank {rank} for world_size {world_size}")
+        self.n, self.rank, self.world_size = num_samples, rank, world_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.epoch = 0
+        self.start = 0
+        self._explicit_epoch = False
+        self._passes = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._explicit_epoch = True
+
+    def epoch_seed(self) -> int:
+        """The augmentation seed of this epoch: the same on every rank, whatever the world size."""
+        return (self.seed * 1_000_003 + self.epoch) % 2**63
+
+    def global_order(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.drop_last:
+            return order[:self.n - self.n % self.world_size]
+        pad = (-self.n) % self.world_size
+        if pad and order:
+            order += (order * -(-pad // len(order)))[:pad]
+        return order
+
+    def _remaining(self) -> list[int]:
+        order = self.global_order()[self.start:]
+        return order[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        total = self.n - self.n % self.world_size if self.drop_last else -(-self.n // self.world_size) * self.world_size
+        rest = max(0, total - self.start)
+        return len(range(self.rank, rest, self.world_size))
+
+    def begin_pass(self) -> None:
+        """Called by the loader as each epoch starts: the next epoch unless ``set_epoch`` chose one."""
+        if self._passes > 0 and not self._explicit_epoch:
+            self.epoch += 1
+            self.start = 0
+        self._passes += 1
+        self._explicit_epoch = False
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._remaining())
