@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from fastload.convert.prepare import Failure, RecordPreparer, init_worker, run_chunk
 from fastload.convert.sizes import format_bytes, parse_size
-from fastload.convert.sources import MapDatasetSource, infer_schema, resolve_source
+from fastload.convert.sources import ArraySource, MapDatasetSource, infer_schema, resolve_source
 from fastload.errors import SourceError
 from fastload.formats.dataset_writer import DatasetWriter
 from fastload.formats.schema import Field, ImageField, Schema
@@ -83,9 +83,10 @@ def convert(source: Any, dst: str | os.PathLike, fields: Schema | Mapping[str, F
     """Convert ``source`` into a dataset directory at ``dst`` and return a summary.
 
     ``source``: an ImageFolder directory, ``"module:callable"``, a map-style dataset or a dict of equal-length
-    numpy arrays.  ``fields``: the schema (inferred when None).  ``workers``: processes (None: all cores,
-    0: in this process).  ``max_side``: shrink larger images to this longest side (re-encoded as JPEG);
-    ``quality``: re-encode every image at this JPEG quality (default: keep encoded files byte for byte).
+    numpy arrays.  ``fields``: the schema (inferred when None).  ``workers``: processes (None: all cores, or
+    none for arrays without images; 0: in this process).  ``max_side``: shrink larger images to this
+    longest side (re-encoded as JPEG); ``quality``: re-encode every image at this JPEG quality (default:
+    keep encoded files byte for byte).
     ``on_error``: "fail" raises SourceError at the first bad item, "skip" leaves it out and lists it.
     ``validate``: decode each kept image at reduced size to catch corrupt files.
     ``progress``: show a progress bar (and print the summary to stderr unless ``print_summary=False``).
@@ -100,7 +101,12 @@ def convert(source: Any, dst: str | os.PathLike, fields: Schema | Mapping[str, F
     src = resolve_source(source, fields if fields is None or isinstance(fields, Schema) else Schema(fields))
     schema = _schema(fields, src, quality)
     n = len(src)
-    workers = (os.cpu_count() or 1) if workers is None else max(0, int(workers))
+    if workers is None:
+        # Packing plain arrays costs less than shipping the records between processes (measured in
+        # benchmarks/bench_storage.py), so arrays without images are converted in this process.
+        cheap = isinstance(src, ArraySource) and not any(isinstance(f, ImageField) for f in schema.values())
+        workers = 0 if cheap else (os.cpu_count() or 1)
+    workers = max(0, int(workers))
     if n < 64:
         workers = 0                   # not worth starting processes
     chunk = chunk_size or max(1, min(64, n // (max(workers, 1) * 8) or 1))

@@ -66,6 +66,7 @@ class DatasetReader:
         self._len = self._ends[-1] if self._ends else 0
         self._parts: list[Store | None] = [None] * len(m.shards)
         self._columns: dict[str, np.ndarray] = {}
+        self._verify_reads = self.options["verify_reads"]
         self._pid = os.getpid()
 
     # -- per-process state -------------------------------------------------------------------------
@@ -101,7 +102,7 @@ class DatasetReader:
     def _locate(self, index: int) -> tuple[Store, int, int]:
         if self._pid != os.getpid():
             self._ensure_open()
-        i = operator.index(index)
+        i = index if type(index) is int else operator.index(index)
         if i < 0:
             i += self._len
         if not 0 <= i < self._len:
@@ -134,15 +135,24 @@ class DatasetReader:
 
     def get(self, index: int, field: str) -> Any:
         """Field ``field`` of record ``index`` as stored (memoryview, read-only ndarray, int, ...)."""
-        part, local, i = self._locate(index)
-        if self.options["verify_reads"]:
-            part.check(local, i)
-        return part.get(local, field, i)
+        # _locate inlined: this is the loader's hot path
+        if self._pid != os.getpid():
+            self._ensure_open()
+        i = index if type(index) is int else operator.index(index)
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(f"index {index} out of range for {self.path} ({self._len} records)")
+        k = bisect_right(self._ends, i)
+        part = self._parts[k] or self._part(k)
+        if self._verify_reads:
+            part.check(i - self._starts[k], i)
+        return part.get(i - self._starts[k], field, i)
 
     def record(self, index: int) -> dict[str, Any]:
         """Every field of record ``index``."""
         part, local, i = self._locate(index)
-        if self.options["verify_reads"]:
+        if self._verify_reads:
             part.check(local, i)
         return {name: part.get(local, name, i) for name in self._manifest.schema}
 

@@ -240,8 +240,13 @@ class LMDBReader:
         self.header, self.schema, self.index, self.align = header, schema, index, header.get("align")
         self.num_records = n
         self.num_bytes = self.path.stat().st_size
-        self._off = {name: index[name + ".off"] for name in schema.payload_fields}
-        self._len = {name: index[name + ".len"] for name in schema.payload_fields}
+        self._lengths = index["_length"]
+        self._access: dict[str, tuple[Field, np.ndarray | None, np.ndarray]] = {}
+        for name, f in schema.items():
+            if f.payload:
+                self._access[name] = (f, index[name + ".off"], index[name + ".len"])
+            else:
+                self._access[name] = (f, None, index[name])
 
     def __len__(self) -> int:
         return self.num_records
@@ -258,25 +263,31 @@ class LMDBReader:
     def record_bytes(self, i: int, index: int | None = None) -> memoryview:
         if not 0 <= i < self.num_records:
             raise IndexError(f"record {i} out of range for {self.path} ({self.num_records} records)")
-        raw = self._txn.get(record_key(i))
+        raw = self._txn.get(_KEY.pack(i))
         if raw is None:
             raise CorruptRecordError("record is missing from the environment", str(self.path), i, index)
-        if len(raw) != self.index["_length"].item(i):
-            raise CorruptRecordError(f"record is {len(raw)} bytes, index says "
-                                     f"{self.index['_length'].item(i)}", str(self.path), i, index)
+        if len(raw) != self._lengths.item(i):
+            raise CorruptRecordError(f"record is {len(raw)} bytes, index says {self._lengths.item(i)}",
+                                     str(self.path), i, index)
         return raw
 
     def get(self, i: int, field: str, index: int | None = None) -> Any:
-        f = self._field(field)
-        if not f.payload:
+        try:
+            f, off, col = self._access[field]
+        except KeyError:
+            raise KeyError(f"no field {field!r}; fields are {list(self.schema)}") from None
+        if off is None:
             if not 0 <= i < self.num_records:
                 raise IndexError(f"record {i} out of range for {self.path} ({self.num_records} records)")
-            return self.index[field].item(i)
+            return col.item(i)
         raw = self.record_bytes(i, index)
-        s = self._off[field].item(i)
+        s = off.item(i)
+        raw = raw[s:s + col.item(i)]
+        if f.returns_view:
+            return raw
         try:
-            return f.unpack(raw[s:s + self._len[field].item(i)])
-        except (ValueError, RecursionError) as e:
+            return f.unpack(raw)
+        except (ValueError, TypeError, RecursionError) as e:
             raise CorruptRecordError(f"field {field!r} cannot be read: {e}", str(self.path), i,
                                      index) from None
 
@@ -308,7 +319,7 @@ class LMDBReader:
         return bad
 
     def close(self) -> None:
-        for name in ("index", "_off", "_len"):
+        for name in ("index", "_access", "_lengths"):
             self.__dict__.pop(name, None)
         self.__dict__.pop("_txn", None)
         self.__dict__.pop("_shared", None)      # the environment itself stays open: see _OpenEnv

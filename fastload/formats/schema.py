@@ -51,6 +51,7 @@ class Field:
 
     kind: ClassVar[str] = ""
     payload: ClassVar[bool] = True     # stored in the record bytes (else only in the index)
+    returns_view: ClassVar[bool] = False   # ``unpack`` is the identity: readers skip the call
 
     def to_json(self) -> dict:
         return {"type": self.kind}
@@ -112,6 +113,7 @@ class ImageField(Field):
     """
 
     kind = "image"
+    returns_view = True
 
     def __init__(self, quality: int = 90):
         if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
@@ -167,6 +169,7 @@ class NDArrayField(Field):
         self.dtype = dt
         self.shape = tuple(d if d is None else int(d) for d in shape)
         self.row_bytes = dt.itemsize * math.prod(d for d in self.shape if d is not None)
+        self._rest = self.shape[1:]
 
     @property
     def variable(self) -> bool:
@@ -198,8 +201,15 @@ class NDArrayField(Field):
         return _bytes_view(a), {}
 
     def unpack(self, raw: memoryview) -> np.ndarray:
-        a = np.frombuffer(raw, dtype=self.dtype)
-        return a.reshape((-1,) + self.shape[1:] if self.variable else self.shape)
+        n = len(raw)
+        if self.variable:
+            rows = n // self.row_bytes if self.row_bytes else 0
+            if rows * self.row_bytes != n:
+                raise ValueError(f"{n} bytes is not a whole number of {self.row_bytes}-byte rows")
+            return np.ndarray((rows,) + self._rest, self.dtype, raw)
+        if n != self.row_bytes:
+            raise ValueError(f"{n} bytes, expected {self.row_bytes}")
+        return np.ndarray(self.shape, self.dtype, raw)
 
     def check_lengths(self, lengths: np.ndarray) -> np.ndarray:
         if self.variable:
@@ -244,6 +254,7 @@ class BytesField(Field):
     """Raw bytes, read back as a zero-copy ``memoryview``."""
 
     kind = "bytes"
+    returns_view = True
 
     def pack(self, value: Any) -> tuple[memoryview, dict[str, Any]]:
         if isinstance(value, str):

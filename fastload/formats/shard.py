@@ -226,11 +226,13 @@ class ShardReader:
         self.header, self.schema, self.index, self.align = header, schema, index, align
         self.num_records, self.num_bytes = n, size
         self._mv = memoryview(mm)
-        self._start: dict[str, np.ndarray] = {}
-        self._len: dict[str, np.ndarray] = {}
-        for name in schema.payload_fields:
-            self._start[name] = index["_offset"] + index[name + ".off"]
-            self._len[name] = index[name + ".len"]
+        # field -> (field, absolute start column or None, length column or the value column)
+        self._access: dict[str, tuple[Field, np.ndarray | None, np.ndarray]] = {}
+        for name, f in schema.items():
+            if f.payload:
+                self._access[name] = (f, index["_offset"] + index[name + ".off"], index[name + ".len"])
+            else:
+                self._access[name] = (f, None, index[name])
 
     def __len__(self) -> int:
         return self.num_records
@@ -246,16 +248,21 @@ class ShardReader:
 
     def get(self, i: int, field: str, index: int | None = None) -> Any:
         """Field ``field`` of record ``i`` (see the field's ``unpack``); ``index`` only for messages."""
-        f = self._field(field)
+        try:
+            f, start, col = self._access[field]
+        except KeyError:
+            raise KeyError(f"no field {field!r}; fields are {list(self.schema)}") from None
         if not 0 <= i < self.num_records:
             raise IndexError(f"record {i} out of range for {self.path} ({self.num_records} records)")
-        if not f.payload:
-            return self.index[field].item(i)
-        s = self._start[field].item(i)
-        raw = self._mv[s:s + self._len[field].item(i)]
+        if start is None:
+            return col.item(i)
+        s = start.item(i)
+        raw = self._mv[s:s + col.item(i)]
+        if f.returns_view:
+            return raw
         try:
             return f.unpack(raw)
-        except (ValueError, RecursionError) as e:
+        except (ValueError, TypeError, RecursionError) as e:
             raise CorruptRecordError(f"field {field!r} cannot be read: {e}", str(self.path), i,
                                      index) from None
 
@@ -293,7 +300,7 @@ class ShardReader:
 
     def close(self) -> None:
         """Drop the mapping (it stays alive while views handed out still exist)."""
-        for name in ("index", "_start", "_len"):
+        for name in ("index", "_access"):
             self.__dict__.pop(name, None)
         mv = self.__dict__.pop("_mv", None)
         if mv is not None:
