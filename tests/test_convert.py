@@ -208,3 +208,12 @@ def test_parse_size():
     for bad in ("", "abc", "-1MB", "0"):
         with pytest.raises(ValueError):
             parse_size(bad)
+
+
+def test_fastload_convert_stays_callable_after_importing_the_package(tmp_path, photo_folder):
+    import fastload
+    import fastload.convert as conv_pkg
+    assert fastload.convert is conv_pkg or callable(fastload.convert)
+    s = fastload.convert(photo_folder, tmp_path / "a", workers=0, progress=False)
+    s2 = fastload.convert(photo_folder, tmp_path / "b", workers=0, progress=False)
+    assert s.records == s2.records == 40
