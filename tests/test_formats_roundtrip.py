@@ -236,3 +236,18 @@ def test_manifest_mismatches_are_caught(tmp_path, jpeg):
     shard.unlink()
     with pytest.raises(FormatError, match="missing"):
         open_dataset(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_small_records(tmp_path, backend):
+    schema = Schema({"x": NDArrayField(np.uint8, (None,)), "y": IntField()})
+    n = 10_000
+    with DatasetWriter(tmp_path / "ds", schema, backend=backend, shard_size=100_000) as w:
+        for i in range(n):
+            w.write({"x": np.full(i % 7, i % 251, np.uint8), "y": i * 3})
+    r = open_dataset(tmp_path / "ds")
+    assert len(r) == n
+    np.testing.assert_array_equal(r.column("y"), np.arange(n) * 3)
+    for i in (0, 4095, 4096, 4097, 8191, 8192, n - 1):
+        np.testing.assert_array_equal(r.get(i, "x"), np.full(i % 7, i % 251, np.uint8))
+        r.check(i)

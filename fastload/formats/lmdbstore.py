@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,7 +20,8 @@ import lmdb
 import numpy as np
 
 from fastload.errors import CorruptRecordError, FormatError
-from fastload.formats.records import PackedRecord, check_align, index_row, pack_record, validate_index
+from fastload.formats.records import (IndexBuilder, PackedRecord, check_align, index_row, pack_record,
+                                      validate_index)
 from fastload.formats.schema import Field, ImageField, Schema
 from fastload.formats.shard import MAX_HEADER, ShardInfo, parse_header, schema_from_header
 
@@ -52,6 +54,7 @@ class _OpenEnv:
 
 
 _ENVS: dict[tuple[int, int], _OpenEnv] = {}
+_ENVS_LOCK = threading.Lock()
 _INHERITED: dict[tuple[int, int], _OpenEnv] = {}
 
 
@@ -59,6 +62,8 @@ def _after_fork_in_child() -> None:
     # The parent's environments must not be used in a child.  They are closed only when the child opens
     # the same environment itself (py-lmdb refuses a second open), so views inherited from the parent
     # stay readable until then.
+    global _ENVS_LOCK
+    _ENVS_LOCK = threading.Lock()     # another thread of the parent may have held it at fork time
     _INHERITED.update(_ENVS)
     _ENVS.clear()
 
@@ -69,13 +74,14 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _acquire_env(path: str, readahead: bool) -> _OpenEnv:
     st = os.stat(path)
     key = (st.st_dev, st.st_ino)      # a replaced file is a new environment
-    e = _ENVS.get(key)
-    if e is None:
-        old = _INHERITED.pop(key, None)
-        if old is not None:
-            old.env.close()
-        e = _ENVS[key] = _OpenEnv(path, readahead)
-    return e
+    with _ENVS_LOCK:
+        e = _ENVS.get(key)
+        if e is None:
+            old = _INHERITED.pop(key, None)
+            if old is not None:
+                old.env.close()
+            e = _ENVS[key] = _OpenEnv(path, readahead)
+        return e
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
@@ -105,7 +111,7 @@ class LMDBWriter:
         self._txn_bytes = txn_bytes
         self._env = lmdb.open(str(self.path), subdir=False, map_size=map_size, sync=False, metasync=False,
                               readahead=False, meminit=False, max_dbs=0, lock=True)
-        self._rows: list[tuple] = []
+        self._rows = IndexBuilder(schema.index_dtype)
         self._pending: list[tuple[bytes, bytes]] = []
         self._pending_bytes = 0
         self._data_bytes = 0
@@ -149,8 +155,7 @@ class LMDBWriter:
     def close(self) -> ShardInfo:
         if self._closed:
             raise ValueError(f"{self.path}: writer is closed")
-        index = np.array(self._rows, dtype=self.schema.index_dtype) if self._rows else \
-            np.zeros(0, dtype=self.schema.index_dtype)
+        index = self._rows.array()
         index_bytes = index.tobytes()
         header = json.dumps({
             "format": "fastload-lmdb", "version": VERSION, "schema": self.schema.to_json(),

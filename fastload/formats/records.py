@@ -63,6 +63,33 @@ def index_row(schema: Schema, offset: int, rec: PackedRecord) -> tuple:
     return tuple(values[name] for name in schema.index_dtype.names)
 
 
+class IndexBuilder:
+    """Collects index rows compactly (numpy chunks, about 50 bytes a row) for a writer."""
+
+    CHUNK = 4096
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
+        self._chunks: list[np.ndarray] = []
+        self._rows: list[tuple] = []
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, row: tuple) -> None:
+        self._rows.append(row)
+        self._n += 1
+        if len(self._rows) >= self.CHUNK:
+            self._chunks.append(np.array(self._rows, dtype=self.dtype))
+            self._rows = []
+
+    def array(self) -> np.ndarray:
+        """All rows as one structured array."""
+        parts = self._chunks + ([np.array(self._rows, dtype=self.dtype)] if self._rows else [])
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+
+
 def validate_index(index: np.ndarray, schema: Schema, data_start: int, data_end: int | None,
                    path: str) -> None:
     """Raise FormatError naming the first record whose index row points outside the data.

@@ -19,8 +19,8 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from fastload.errors import CorruptRecordError, FormatError
-from fastload.formats.records import (PackedRecord, align_up, check_align, index_row, pack_record,
-                                      validate_index)
+from fastload.formats.records import (IndexBuilder, PackedRecord, align_up, check_align, index_row,
+                                      pack_record, validate_index)
 from fastload.formats.schema import Field, ImageField, Schema
 
 MAGIC = b"\x89FLSHRD\n"
@@ -54,7 +54,7 @@ class ShardWriter:
         self.schema = schema
         self.align = check_align(align)
         self.fsync = fsync
-        self._rows: list[tuple] = []
+        self._rows = IndexBuilder(schema.index_dtype)
         self._sha = hashlib.sha256()
         self._f = open(self.path, "wb", buffering=1 << 20)
         self._pos = 0
@@ -98,8 +98,7 @@ class ShardWriter:
         if self._closed:
             raise ValueError(f"{self.path}: writer is closed")
         self._pad_to(align_up(self._pos, self.align))
-        index = np.array(self._rows, dtype=self.schema.index_dtype) if self._rows else \
-            np.zeros(0, dtype=self.schema.index_dtype)
+        index = self._rows.array()
         index_bytes = index.tobytes()
         index_offset = self._pos
         self._put(index_bytes)
