@@ -251,3 +251,16 @@ def test_many_small_records(tmp_path, backend):
     for i in (0, 4095, 4096, 4097, 8191, 8192, n - 1):
         np.testing.assert_array_equal(r.get(i, "x"), np.full(i % 7, i % 251, np.uint8))
         r.check(i)
+
+
+def test_lmdb_map_grows_as_needed(tmp_path):
+    from fastload.formats import LMDBReader, LMDBWriter
+    schema = Schema({"b": BytesField()})
+    w = LMDBWriter(tmp_path / "g.lmdb", schema, map_size=1 << 20, txn_bytes=1 << 20)
+    for i in range(200):
+        w.write({"b": bytes([i % 256]) * 20_000})
+    info = w.close()
+    assert info.num_records == 200 and info.num_bytes > 4_000_000
+    assert not (tmp_path / "g.lmdb-lock").exists()
+    r = LMDBReader(tmp_path / "g.lmdb")
+    assert r.bad_records() == [] and bytes(r.get(199, "b")) == bytes([199]) * 20_000
