@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import CorruptRecordError, FastloadError
+from .errors import CorruptRecordError, FastloadError, FormatError
 from .formats import open_dataset
 from .ops import compile_pipeline
 
@@ -28,12 +28,20 @@ class ShardDataset(torch.utils.data.Dataset):
             ops.RandomHorizontalFlip()]}``.
         fields: which fields to return, in order (default: all, in schema order).
         readahead: let the OS read ahead (good for sequential scans; off for random access).
+        verify_checksums: check each record's CRC as it is read (costs a pass over the bytes).
+        on_corrupt: ``"raise"`` (default): a record that cannot be read or decoded raises
+            :class:`CorruptRecordError` naming the shard and record. ``"skip"``: it is replaced by another
+            record (chosen deterministically, so the batch stays full), counted, and listed at epoch end.
     """
 
     def __init__(self, path: str | os.PathLike, transforms: dict[str, Sequence] | None = None,
-                 fields: Sequence[str] | None = None, readahead: bool = False):
+                 fields: Sequence[str] | None = None, readahead: bool = False, verify_checksums: bool = False,
+                 on_corrupt: str = "raise"):
+        if on_corrupt not in ("raise", "skip"):
+            raise ValueError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
+        self.on_corrupt = on_corrupt
         self.path = path
-        self.reader = open_dataset(path, readahead=readahead)
+        self.reader = open_dataset(path, readahead=readahead, verify_reads=verify_checksums)
         schema = self.reader.schema
         self.fields = list(fields) if fields is not None else list(schema)
         unknown = [f for f in self.fields if f not in schema]
@@ -59,8 +67,25 @@ class ShardDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} records")
         index = int(index) % len(self)
         seed = int(torch.randint(0, 2**62, (1,)).item())   # follows torch's per-worker seeding
-        rng = np.random.default_rng([seed, index])
-        return tuple(self._field(index, f, rng) for f in self.fields)
+        for candidate in self.candidates(index):
+            rng = np.random.default_rng([seed, candidate])
+            try:
+                return tuple(self._field(candidate, f, rng) for f in self.fields)
+            except (CorruptRecordError, FormatError) as e:
+                if self.on_corrupt == "raise":
+                    raise
+                import warnings
+                warnings.warn(f"fastload: skipped corrupt record: {e}", RuntimeWarning)
+        raise CorruptRecordError("no readable record among the replacements tried", path=str(self.path),
+                                 index=index)
+
+    def candidates(self, index: int, tries: int = 8):
+        """``index``, then (with ``on_corrupt="skip"``) the deterministic replacements tried in its place."""
+        yield index
+        if self.on_corrupt == "skip":
+            n = len(self)
+            for k in range(1, tries):
+                yield (index + k * 7919) % n
 
     def _field(self, index: int, field: str, rng: np.random.Generator) -> Any:
         value = self.reader.get(index, field)
@@ -70,15 +95,18 @@ class ShardDataset(torch.utils.data.Dataset):
         size = self.reader.image_size(index, field) if self.kinds[field] == "image" else None
         try:
             out = pipe.run(value, size, rng)
-        except CorruptRecordError:
-            raise
         except Exception as e:
             raise self._corrupt(index, field, e) from e
         if self.kinds[field] == "image" and pipe.output_shape is not None and self.transforms.get(field):
             return torch.from_numpy(out).permute(2, 0, 1)
         return out
 
-    def _corrupt(self, index: int, field: str, e: Exception) -> CorruptRecordError:
+    def _corrupt(self, index: int, field: str, e: Exception) -> Exception:
+        """The decode error ``e`` of one record, re-raised as a CorruptRecordError that says where it is."""
+        if isinstance(e, (CorruptRecordError, FormatError)) and getattr(e, "path", None):
+            return e
+        if not isinstance(e, (CorruptRecordError, ValueError, OSError, SyntaxError, IndexError)):
+            return e   # a bug in an op, not bad bytes: let it surface as itself
         shard, record = self.reader.locate(index)
         return CorruptRecordError(f"cannot decode field {field!r}: {e}", path=str(shard), record=record,
                                   index=index)
@@ -110,7 +138,5 @@ class ShardDataset(torch.utils.data.Dataset):
             size = self.reader.image_size(index, f) if self.kinds[f] == "image" else None
             try:
                 pipe.run_into(value, size, out, rng)
-            except CorruptRecordError:
-                raise
             except Exception as e:
                 raise self._corrupt(index, f, e) from e

@@ -33,6 +33,9 @@ class DataLoader(torch.utils.data.DataLoader):
     * ``distributed`` / ``rank`` / ``world_size``: give this rank a disjoint slice of each epoch's order, with
       ``DistributedSampler``'s padding / ``drop_last`` semantics (rank and world size from
       ``torch.distributed`` unless given). The epoch advances by itself; ``set_epoch`` still works.
+    * ``restart_workers``: when a worker dies (OOM killer, a crash in a decoder), start a new one and re-run
+      its unfinished batches, so the epoch completes with every sample exactly once (map-style datasets).
+      Without it, the loader raises at once, naming the worker and the signal.
     * ``seed``: shorthand for ``generator=torch.Generator().manual_seed(seed)`` — a reproducible shuffle
       order and augmentation stream, whatever ``num_workers`` is.
     """
@@ -47,7 +50,9 @@ class DataLoader(torch.utils.data.DataLoader):
                  pin_memory_device: str = "", in_order: bool = True,
                  seed: int | None = None, device: str | torch.device | None = None,
                  gpu_transforms: Sequence[Callable] | dict | None = None, order: str | None = None,
-                 distributed: bool = False, rank: int | None = None, world_size: int | None = None):
+                 distributed: bool = False, rank: int | None = None, world_size: int | None = None,
+                 restart_workers: bool = False):
+        self.restart_workers = restart_workers
         self._resume: dict | None = None
         self._epoch_start: dict | None = None
         self._epoch_skipped = 0

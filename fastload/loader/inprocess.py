@@ -17,7 +17,11 @@ class InProcessIter(_BaseDataLoaderIter):
         self._stats = loader.stats
 
     def _next_data(self):
-        index = self._next_index()
+        try:
+            index = self._next_index()
+        except StopIteration:
+            self._stats.end_epoch()
+            raise
         timings: dict = {"worker": -1, "samples": len(index)}
         batch, _ = self._batches.build(Job(-1, index, -1, None, self._aug_seed), None, timings)
         if self._stats is not None:

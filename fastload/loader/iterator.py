@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import _DatasetKind
 from torch.utils.data.dataloader import _BaseDataLoaderIter
 
+from ..errors import SharedMemoryError, WorkerError
 from .arena import unpack
 from .pool import WorkerPool
 from .ring import RingBuffer
@@ -47,6 +48,11 @@ class RingLoaderIter(_BaseDataLoaderIter):
             raise
         self._finalizer = weakref.finalize(self, _cleanup, self._pool, self._ring)
         self._shutdown = False
+        self._restart_workers = bool(getattr(loader, "restart_workers", False)) and \
+            self._dataset_kind == _DatasetKind.Map
+        self._shm_warned = False
+        self._jobs: dict[int, Job] = {}       # unfinished jobs, kept to re-issue them if a worker dies
+        self._reissued: dict[int, int] = {}
         self._held: list[tuple[int, int]] = []   # (slot, needed) of batches handed out that may be alive
         self._aug_seed = self._base_seed
         self._slot_hint = getattr(batches, "slot_bytes", 0)   # bytes the biggest batch so far needed
@@ -62,6 +68,8 @@ class RingLoaderIter(_BaseDataLoaderIter):
             if getattr(self._batches, "wants_epoch_seed", False):
                 self._aug_seed = int(torch.empty((), dtype=torch.int64).random_(generator=loader.generator).item())
             self._pool.resume()
+        self._jobs.clear()
+        self._reissued.clear()
         self._send_idx = 0
         self._rcvd_idx = 0
         self._task_info: dict[int, tuple] = {}
@@ -91,7 +99,7 @@ class RingLoaderIter(_BaseDataLoaderIter):
         if slot is None:
             return
         if self._slot_hint:
-            self._ring.ensure(slot, self._slot_hint)
+            self._grow(slot, self._slot_hint)
         try:
             index = self._next_index()
         except StopIteration:
@@ -107,7 +115,10 @@ class RingLoaderIter(_BaseDataLoaderIter):
         else:
             self._ring.release(slot)
             return
-        self._pool.send(w, Job(self._send_idx, index, slot, self._ring.descriptor(slot), self._aug_seed))
+        job = Job(self._send_idx, index, slot, self._ring.descriptor(slot), self._aug_seed)
+        self._pool.send(w, job)
+        if self._restart_workers:
+            self._jobs[self._send_idx] = job
         self._task_info[self._send_idx] = (w, slot)
         self._workers_num_tasks[w] += 1
         self._tasks_outstanding += 1
@@ -117,7 +128,15 @@ class RingLoaderIter(_BaseDataLoaderIter):
     def _get_data(self) -> tuple[int, Result]:
         timeout = self._timeout if self._timeout > 0 else None
         t0 = time.perf_counter()
-        got = self._pool.wait(timeout)
+        while True:
+            try:
+                got = self._pool.wait(timeout)
+                break
+            except WorkerError as e:
+                if not self._restart_workers or not getattr(e, "dead", None):
+                    self._shutdown_workers()
+                    raise
+                self._restart(e.dead)
         self._stats.add_main("wait-for-batch", t0, time.perf_counter() - t0)
         if got is None:
             raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds")
@@ -135,6 +154,7 @@ class RingLoaderIter(_BaseDataLoaderIter):
                     self._ring.release(info[1])
                 self._rcvd_idx += 1
             else:
+                self._stats.end_epoch()
                 if not self._persistent_workers:
                     self._shutdown_workers()
                 raise StopIteration
@@ -148,6 +168,7 @@ class RingLoaderIter(_BaseDataLoaderIter):
             w, result = self._get_data()
             if result.status == "resumed":
                 continue
+            self._jobs.pop(result.task, None)
             self._tasks_outstanding -= 1
             if result.status == "stop":
                 self._ring.release(result.slot)
@@ -188,8 +209,19 @@ class RingLoaderIter(_BaseDataLoaderIter):
     def _recycle(self, slot: int, needed: int) -> None:
         self._slot_hint = max(self._slot_hint, needed)
         if needed or self._ring.segment(slot) is None:
-            self._ring.ensure(slot, max(needed, getattr(self._batches, "slot_bytes", 0)))
+            self._grow(slot, max(needed, getattr(self._batches, "slot_bytes", 0)))
         self._ring.release(slot)
+
+    def _grow(self, slot: int, nbytes: int) -> None:
+        """Make the slot big enough; if shared memory runs out mid-run, batches that do not fit travel the
+        slower pickled way instead (nothing is lost), and we say so once."""
+        try:
+            self._ring.ensure(slot, nbytes)
+        except SharedMemoryError as e:
+            if not self._shm_warned:
+                import warnings
+                warnings.warn(f"fastload: {e} Continuing with pickled batches (slower).", RuntimeWarning)
+                self._shm_warned = True
 
     def _release_held(self, keep_last: bool = False) -> None:
         """Recycle the slots of handed-out batches; a slot whose batch the user still holds is orphaned
@@ -200,6 +232,23 @@ class RingLoaderIter(_BaseDataLoaderIter):
             if self._ring.segment(slot).in_use():
                 self._ring.orphan(slot)   # its memory lives on with the batch; the slot gets a new segment
             self._recycle(slot, needed)
+
+    def _restart(self, dead: list[int]) -> None:
+        """Replace dead workers and hand their unfinished batches to the new ones (same task numbers, same
+        slots, same samples), so the epoch still yields every sample exactly once."""
+        import warnings
+        for w in dead:
+            how = self._pool.restart(w)
+            lost = [t for t, info in self._task_info.items() if info[0] == w and len(info) == 2]
+            for t in lost:
+                job = self._jobs[t]
+                self._reissued[t] = self._reissued.get(t, 0) + 1
+                if self._reissued[t] > 2:
+                    self._shutdown_workers()
+                    raise WorkerError(f"{how}; batch {t} (sample indices {list(job.index)[:16]}...) killed a "
+                                      f"worker three times: a sample in it crashes the process")
+                self._pool.send(w, job)
+            warnings.warn(f"fastload: {how}; restarted it and re-issued {len(lost)} batch(es)", RuntimeWarning)
 
     def _mark_worker_as_unavailable(self, worker_id: int) -> None:
         self._workers_status[worker_id] = False

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from multiprocessing.connection import wait as mp_wait
 from typing import Callable
@@ -28,6 +29,18 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM (what torchrun, schedulers and ``kill`` send) into a normal exit, so workers are stopped
+    and shared memory is removed on the way out. Only when nobody installed a SIGTERM handler before."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 class WorkerPool:
     """``n`` worker processes running :func:`worker_main` over ``batches``."""
 
@@ -36,16 +49,12 @@ class WorkerPool:
         self.procs, self.job_conns, self.result_conns = [], [], []
         self.closed = False
         self.retired: set[int] = set()
-        parent = os.getpid()
+        self.restarts = 0
+        self._args = (batches, base_seed, init_fn, os.getpid())
+        exit_cleanly_on_sigterm()
         try:
             for wid in range(n):
-                job_r, job_w = ctx.Pipe(duplex=False)
-                res_r, res_w = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=worker_main, name=f"fastload-worker-{wid}", daemon=True,
-                                args=(wid, n, batches, job_r, res_w, base_seed, init_fn, parent))
-                p.start()
-                job_r.close()
-                res_w.close()
+                p, job_w, res_r = self._spawn(wid)
                 self.procs.append(p)
                 self.job_conns.append(job_w)
                 self.result_conns.append(res_r)
@@ -53,6 +62,34 @@ class WorkerPool:
             self.shutdown()
             raise
         self._owner = {c: i for i, c in enumerate(self.result_conns)}
+
+    def _spawn(self, wid: int):
+        batches, base_seed, init_fn, parent = self._args
+        job_r, job_w = self.ctx.Pipe(duplex=False)
+        res_r, res_w = self.ctx.Pipe(duplex=False)
+        p = self.ctx.Process(target=worker_main, name=f"fastload-worker-{wid}", daemon=True,
+                             args=(wid, self.n, batches, job_r, res_w, base_seed, init_fn, parent))
+        p.start()
+        job_r.close()
+        res_w.close()
+        return p, job_w, res_r
+
+    def dead_workers(self) -> list[int]:
+        return [i for i, p in enumerate(self.procs)
+                if not p.is_alive() and not (i in self.retired and p.exitcode == 0)]
+
+    def restart(self, wid: int) -> str:
+        """Replace a dead worker by a fresh process with the same id; returns how the old one ended."""
+        old = self.procs[wid]
+        how = f"worker {wid} (pid {old.pid}) {_describe_exit(old.exitcode)}"
+        old.join(0)
+        self.job_conns[wid].close()
+        self.result_conns[wid].close()
+        p, job_w, res_r = self._spawn(wid)
+        self.procs[wid], self.job_conns[wid], self.result_conns[wid] = p, job_w, res_r
+        self._owner = {c: i for i, c in enumerate(self.result_conns)}
+        self.restarts += 1
+        return how
 
     @property
     def pids(self) -> list[int]:
@@ -74,14 +111,15 @@ class WorkerPool:
             pass
 
     def check_alive(self) -> None:
-        dead = [(i, p) for i, p in enumerate(self.procs)
-                if not p.is_alive() and not (i in self.retired and p.exitcode == 0)]
+        dead = self.dead_workers()
         if dead:
-            details = "; ".join(f"worker {i} (pid {p.pid}) {_describe_exit(p.exitcode)}" for i, p in dead)
-            pids = ", ".join(str(p.pid) for _, p in dead)
-            self.shutdown()
-            raise WorkerError(f"DataLoader worker (pid(s) {pids}) exited unexpectedly: {details}. "
-                              f"The batches it was building are lost; restart the epoch.")
+            details = "; ".join(f"worker {i} (pid {self.procs[i].pid}) {_describe_exit(self.procs[i].exitcode)}"
+                                for i in dead)
+            pids = ", ".join(str(self.procs[i].pid) for i in dead)
+            err = WorkerError(f"DataLoader worker (pid(s) {pids}) exited unexpectedly: {details}. Its batches "
+                              f"are lost: restart the epoch, or pass restart_workers=True to re-run them.")
+            err.dead = dead
+            raise err
 
     def wait(self, timeout: float | None) -> tuple[int, Result] | None:
         """The next result from any worker, or None after ``timeout`` seconds (None: wait for ever)."""

@@ -157,6 +157,14 @@ class RingBuffer:
         self.segments: list[Segment | None] = [None] * n_slots
         self.free: list[int] = list(range(n_slots))[::-1]
         if slot_bytes > 0:
+            need = n_slots * _round_up(slot_bytes)
+            free = shutil.disk_usage(SHM_DIR).free
+            if need > free:
+                raise SharedMemoryError(
+                    f"the ring needs {need / 2**20:.0f} MiB of shared memory ({n_slots} slots x "
+                    f"{slot_bytes / 2**20:.1f} MiB) but {SHM_DIR} has {free / 2**20:.0f} MiB free. Give the "
+                    f"container more (docker run --shm-size={max(1, -(-need * 2 // 2**30))}g), lower batch_size, "
+                    f"num_workers or prefetch_factor, or set FASTLOAD_SHM_DIR to a larger tmpfs.")
             try:
                 for i in range(n_slots):
                     self.segments[i] = self._new(slot_bytes, i)

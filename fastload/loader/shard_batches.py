@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..dataset import ShardDataset
+from ..errors import CorruptRecordError, FormatError
 from .stats import span
 
 _ALIGN = 64
@@ -57,6 +58,19 @@ class ShardBatches:
             col = self._columns[name] = self.dataset.reader.column(name)
         return col
 
+    def _write_one(self, idx: int, outs: dict, seed: int, timings: dict) -> int:
+        """Write sample ``idx`` (or, with on_corrupt="skip", its replacement); returns the index written."""
+        ds = self.dataset
+        for candidate in ds.candidates(idx):
+            try:
+                ds.write_sample(candidate, outs, sample_rng(seed, candidate))
+                return candidate
+            except (CorruptRecordError, FormatError) as e:
+                if ds.on_corrupt == "raise":
+                    raise
+                timings.setdefault("skipped", []).append((idx, str(e)))
+        raise CorruptRecordError(f"sample {idx} and its replacements are all unreadable", index=idx)
+
     def build(self, job, seg, timings: dict):
         indices = job.index
         n = len(indices)
@@ -66,11 +80,12 @@ class ShardBatches:
             if off >= 0:
                 views[name] = np.ndarray((n, *shape), dtype=dtype, buffer=buf, offset=off)
         t0 = time.perf_counter()
+        used = list(indices)
         for j, idx in enumerate(indices):
-            self.dataset.write_sample(idx, {k: v[j] for k, v in views.items()}, sample_rng(job.seed, idx))
+            used[j] = self._write_one(idx, {k: v[j] for k, v in views.items()}, job.seed, timings)
         span(timings, "read+decode+augment", t0)
         out = []
-        idx_arr = np.asarray(indices, dtype=np.int64)
+        idx_arr = np.asarray(used, dtype=np.int64)
         for name, shape, dtype, off in self.layout:
             if off < 0:
                 out.append(torch.from_numpy(self._column(name)[idx_arr].astype(dtype, copy=False)))

@@ -22,6 +22,7 @@ class LoaderStats:
 
     def __init__(self, keep_spans: bool = False, max_spans: int = 200_000):
         self.keep_spans, self.max_spans = keep_spans, max_spans
+        self.last_skipped: list[tuple[int, str]] = []
         self.reset()
 
     def reset(self) -> None:
@@ -30,11 +31,13 @@ class LoaderStats:
         self.spans: list[tuple[str, int, float, float]] = []   # (stage, worker or -1 for main, start, dur)
         self.batches = 0
         self.samples = 0
+        self.skipped: list[tuple[int, str]] = []        # (sample index, why) replaced this epoch
 
     def add(self, timings: dict) -> None:
         """Fold in one batch's worker-side timings."""
         self.batches += 1
         self.samples += timings.get("samples", 0)
+        self.skipped.extend(timings.get("skipped", ()))
         worker = timings.get("worker", -1)
         for stage, t0, dt in timings.get("spans", ()):
             self.seconds[stage] += dt
@@ -47,6 +50,17 @@ class LoaderStats:
         self.counts[stage] += 1
         if self.keep_spans and len(self.spans) < self.max_spans:
             self.spans.append((stage, -1, t0, dt))
+
+    def end_epoch(self) -> None:
+        """Report the corrupt records replaced this epoch (on_corrupt="skip"), then forget them."""
+        if self.skipped:
+            import warnings
+            lines = "\n".join(f"  sample {i}: {why}" for i, why in self.skipped[:20])
+            more = f"\n  ... and {len(self.skipped) - 20} more" if len(self.skipped) > 20 else ""
+            warnings.warn(f"fastload: replaced {len(self.skipped)} corrupt record(s) this epoch:\n{lines}{more}",
+                          RuntimeWarning, stacklevel=3)
+            self.last_skipped = self.skipped
+            self.skipped = []
 
     def summary(self) -> dict:
         return {"batches": self.batches, "samples": self.samples,
