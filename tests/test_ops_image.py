@@ -190,13 +190,15 @@ def test_boxes_stay_inside_the_image():
 
 
 # ---------------------------------------------------------------- pixels vs the reference
-@pytest.mark.parametrize("size,reducing_gap,mean_bound,max_bound", [
-    (224, 1.0, 0.25, 0.35),     # no DCT downscale on 500x375 (measured mean 0.15, max 0.21)
-    (64, 1.0, 1.2, 4.0),        # DCT 1/2 and 1/4 (measured mean 0.82, max 3.4)
-    (64, 2.0, 0.4, 1.2),        # DCT kept >= 2x the output (measured mean 0.26, max 0.79)
+@pytest.mark.parametrize("size,reducing_gap,resizer,mean_bound,max_bound", [
+    (224, 1.0, "pil", 0.25, 0.35),      # no DCT downscale on 500x375 (measured mean 0.15, max 0.21)
+    (224, 1.0, "torch", 0.25, 0.35),    # torch's uint8 kernel (measured mean 0.15, max 0.20)
+    (64, 1.0, "pil", 1.2, 4.0),         # DCT 1/2 and 1/4 (measured mean 0.82, max 3.4)
+    (64, 1.0, "torch", 1.2, 4.0),       # DCT crops still go through PIL (fractional boxes)
+    (64, 2.0, "pil", 0.4, 1.2),         # DCT kept >= 2x the output (measured mean 0.26, max 0.79)
 ])
-def test_random_resized_crop_matches_torch_antialias(photos, size, reducing_gap, mean_bound, max_bound):
-    op = DecodeRandomResizedCrop(size, reducing_gap=reducing_gap)
+def test_random_resized_crop_matches_torch_antialias(photos, size, reducing_gap, resizer, mean_bound, max_bound):
+    op = DecodeRandomResizedCrop(size, reducing_gap=reducing_gap, resizer=resizer)
     p = compile_pipeline(None, [op, RandomHorizontalFlip()])
     errors, flips = [], 0
     for k, data in enumerate(photos):
@@ -281,6 +283,7 @@ def test_same_seed_same_output_any_process_order(photos):
 
 
 @pytest.mark.parametrize("decoder", [lambda: DecodeRandomResizedCrop(96), lambda: Decode(),
+                                     lambda: DecodeRandomResizedCrop(200, resizer="torch"),
                                      lambda: DecodeCenterCrop(96, 128)])
 @pytest.mark.parametrize("fused", [True, False])
 def test_flip_mirrors_exactly(photos, decoder, fused):
@@ -311,11 +314,11 @@ def test_every_format_decodes_to_pils_rgb(formats, name, fast):
     out = p.run(data, (W, H), None)
     np.testing.assert_array_equal(out, pil_rgb(data))
     assert p.stats.pil_fallback == (0 if fast else 1)
-    rrc = DecodeRandomResizedCrop(112)
-    q = compile_pipeline(None, [rrc])
-    out = q.run(data, (W, H), np.random.default_rng(2))
-    box = rrc.plan(W, H, np.random.default_rng(2))
-    assert out.shape == (112, 112, 3) and mae(out, reference_rrc(data, box, (112, 112), False)) < 1.2
+    for resizer in ("pil", "torch"):
+        rrc = DecodeRandomResizedCrop(224, resizer=resizer)
+        out = compile_pipeline(None, [rrc]).run(data, (W, H), np.random.default_rng(2))
+        box = rrc.plan(W, H, np.random.default_rng(2))
+        assert out.shape == (224, 224, 3) and mae(out, reference_rrc(data, box, (224, 224), False)) < 0.35
     small = DecodeCenterCrop(64, 80)                 # DCT path for JPEGs, full decode for the rest
     out = compile_pipeline(None, [small]).run(data, (W, H), None)
     ref = tv_center_crop(tv_resize(pil_rgb(data), resized_size(W, H, 80)[::-1]), (64, 64))

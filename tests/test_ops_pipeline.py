@@ -77,6 +77,8 @@ def test_invalid_op_lists_are_refused():
         DecodeRandomResizedCrop(224, scale=(1.0, 0.5))
     with pytest.raises(ValueError):
         RandomHorizontalFlip(1.5)
+    with pytest.raises(ValueError):
+        DecodeRandomResizedCrop(224, resizer="cv2")
 
 
 def test_run_into_checks_the_buffer_and_random_ops_need_an_rng(jpeg):

@@ -7,9 +7,11 @@ import numpy as np
 
 from fastload.ops.crop import (CropBox, center_span, dct_scale_for, pair, random_resized_crop_box,
                                resized_size)
-from fastload.ops.jpeg import DecodeStats, decode_array, decode_image
+from fastload.ops.jpeg import DecodeStats, decode_array, decode_image, scratch_array
 from fastload.ops.op import ImageDecodeOp, InplaceOp, Shape, require_rng
-from fastload.ops.resize import flip_horizontal_, resize_box_into
+from fastload.ops.resize import flip_horizontal_, resize_array_into_torch, resize_box_into
+
+RESIZERS = ("pil", "torch")
 
 
 def _check_gap(reducing_gap: float) -> float:
@@ -40,19 +42,24 @@ class DecodeRandomResizedCrop(ImageDecodeOp):
     The box is drawn from the stored ``(w, h)`` before decoding; when the box is at least twice the
     output on both axes the JPEG is decoded DCT-downscaled by 2, 4 or 8 (see :meth:`dct_scale`);
     ``reducing_gap`` > 1 keeps that many times the output before the final resize (closer to torchvision,
-    slower; Pillow's ``reducing_gap`` idea).
+    slower; Pillow's ``reducing_gap`` idea). ``resizer="torch"`` resizes crops that need no DCT downscale
+    with torch's uint8 CPU kernel (faster, same filter; see :mod:`fastload.ops.resize`).
     """
 
     random = True
 
     def __init__(self, size: int | tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), reducing_gap: float = 1.0) -> None:
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), reducing_gap: float = 1.0,
+                 resizer: str = "pil") -> None:
         self.size = pair(size)
         if not (0 < scale[0] <= scale[1]) or not (0 < ratio[0] <= ratio[1]):
             raise ValueError(f"scale and ratio must be increasing positive ranges, got {scale}, {ratio}")
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.reducing_gap = _check_gap(reducing_gap)
+        if resizer not in RESIZERS:
+            raise ValueError(f"resizer must be one of {RESIZERS}, got {resizer!r}")
+        self.resizer = resizer
         self.stats = DecodeStats()
 
     def output_shape(self) -> Shape:
@@ -67,8 +74,15 @@ class DecodeRandomResizedCrop(ImageDecodeOp):
 
     def decode_into(self, raw: Any, size: tuple[int, int], plan: CropBox, out: np.ndarray,
                     mirror: bool = False) -> None:
-        image, s = decode_image(raw, size, self.dct_scale(plan), self.stats)
+        scale = self.dct_scale(plan)
         left, top, width, height = plan
+        if self.resizer == "torch" and scale == 1 and out.flags.c_contiguous:
+            full = decode_array(raw, size, scratch_array((size[1], size[0], 3)), self.stats)
+            resize_array_into_torch(full[top:top + height, left:left + width], out)
+            if mirror:
+                flip_horizontal_(out)
+            return
+        image, s = decode_image(raw, size, scale, self.stats)
         resize_box_into(image, (left / s, top / s, (left + width) / s, (top + height) / s), out, mirror)
 
 

@@ -48,6 +48,11 @@ def _scratch(nbytes: int) -> np.ndarray:
     return buf[:nbytes]
 
 
+def scratch_array(shape: tuple[int, ...]) -> np.ndarray:
+    """A uint8 array of ``shape`` over this thread's decode buffer (valid until the next decode)."""
+    return _scratch(int(np.prod(shape))).reshape(shape)
+
+
 def _as_buffer(raw: Raw) -> Raw:
     if isinstance(raw, np.ndarray):
         return raw.reshape(-1).view(np.uint8)

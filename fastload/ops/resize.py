@@ -1,8 +1,13 @@
 """Antialiased resize of a region of a decoded image into a caller's HWC uint8 buffer.
 
-PIL's ``BILINEAR`` resample with a (fractional) ``box``: the triangle filter widened by the downscale
-factor, i.e. the algorithm of ``torch.nn.functional.interpolate(mode="bilinear", antialias=True)`` and of
-torchvision's resize. The box is read in place (no crop copy); the result reaches ``out`` with one copy.
+Both kernels are the triangle filter widened by the downscale factor, i.e. torchvision's bilinear resize with
+``antialias=True``:
+
+* ``resize_box_into`` (default): PIL's ``BILINEAR`` resample with a fractional ``box``, read in place; the
+  result reaches ``out`` with one copy.
+* ``resize_array_into_torch`` (opt-in, ``resizer="torch"``): torch's uint8 channels-last kernel, about 3x
+  faster than PIL here (benchmarks/results/decode.md), integer crops only. It runs torch on the CPU, which
+  docs/ARCHITECTURE.md reserves for GPU ops today, hence opt-in; workers should ``torch.set_num_threads(1)``.
 """
 from __future__ import annotations
 
@@ -32,3 +37,14 @@ def flip_horizontal_(arr: np.ndarray) -> None:
         pixels[...] = pixels[:, ::-1].copy()
     else:
         arr[...] = arr[:, ::-1].copy()
+
+
+def resize_array_into_torch(src: np.ndarray, out: np.ndarray) -> None:
+    """Resize all of ``src`` (``(h, w, 3)`` uint8, any row stride) into C-contiguous ``out``
+    (``(oh, ow, 3)`` uint8) with torch's antialiased bilinear kernel, writing ``out`` directly."""
+    import torch
+
+    oh, ow = out.shape[:2]
+    source = torch.from_numpy(src).permute(2, 0, 1).unsqueeze(0)
+    target = torch.from_numpy(out).permute(2, 0, 1).unsqueeze(0)      # channels_last view of out
+    torch.ops.aten._upsample_bilinear2d_aa.out(source, [oh, ow], False, None, None, out=target)
