@@ -1,0 +1,115 @@
+"""The report as a picture: throughput against ``num_workers`` with every ceiling drawn across it, and the
+per-sample CPU cost of each stage. Needs matplotlib (``pip install 'fastload[profile]'``)."""
+from __future__ import annotations
+
+import os
+
+
+def matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+_COLORS = {"storage": "#1f77b4", "cpu": "#d62728", "transfer": "#9467bd", "step": "#2ca02c"}
+_KIND_COLORS = {"read": "#1f77b4", "decode": "#d62728", "augment": "#ff7f0e", "convert": "#8c564b",
+                "normalize": "#e377c2", "collate": "#7f7f7f", "fetch": "#bcbd22"}
+
+
+def plot_report(report: dict, path: str | os.PathLike) -> bool:
+    """Write the PNG; False (and no file) when matplotlib is missing or there is nothing to draw."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    points = [p for p in (report.get("sweep") or {}).get("points", []) if p.get("samples_s")]
+    cpu = report.get("cpu") or {}
+    stage_sets = []
+    if cpu.get("stages"):
+        label = "PIL pipeline" if cpu.get("compare") else "one process"
+        stage_sets.append((label, cpu["stages"]))
+    if (cpu.get("compare") or {}).get("fastload_stages"):
+        stage_sets.append(("fastload ops", cpu["compare"]["fastload_stages"]))
+    if not points and not stage_sets:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    ax = axes[0]
+    verdict = report.get("verdict") or {}
+    ceil = verdict.get("ceilings") or {}
+    if points:
+        base_pf = next((p.get("prefetch") for p in points if p["workers"]), None)
+        main = sorted((p for p in points if p["workers"] == 0 or p.get("prefetch") == base_pf),
+                      key=lambda p: p["workers"])
+        ax.plot([p["workers"] for p in main], [p["samples_s"] for p in main], "o-", color="black",
+                label="measured (loader alone)", zorder=3)
+        extra = [p for p in points if p not in main]
+        for p in extra:
+            ax.plot([p["workers"]], [p["samples_s"]], "s", color="gray", zorder=3)
+            ax.annotate(f"prefetch {p['prefetch']}", (p["workers"], p["samples_s"]), textcoords="offset points",
+                        xytext=(6, -10), fontsize=8, color="gray")
+        knee = (report.get("sweep") or {}).get("knee")
+        if knee:
+            ax.annotate("knee", (knee["workers"], knee["samples_s"]), textcoords="offset points", xytext=(-10, 10),
+                        fontsize=9, arrowprops={"arrowstyle": "->"})
+        top = max(p["samples_s"] for p in points)
+        xmax = max(p["workers"] for p in points)
+        for k in ("storage", "cpu", "transfer", "step"):
+            c = ceil.get(k)
+            if not c:
+                continue
+            y = c["samples_s"]
+            shown = y <= 3 * top
+            lab = {"storage": "storage", "cpu": "CPU", "transfer": "transfer", "step": "step demand"}[k]
+            if c.get("simulated"):
+                lab += " (simulated)"
+            if shown:
+                ax.axhline(y, ls="--", color=_COLORS[k], lw=1.2, label=f"{lab} ceiling {y:,.0f}/s")
+            else:
+                ax.plot([], [], ls="--", color=_COLORS[k], label=f"{lab} ceiling {y:,.0f}/s (off scale)")
+        ax.set_xlim(-0.3, xmax + 0.3)
+        ax.set_ylim(0, None)
+        ax.set_xlabel("num_workers")
+        ax.set_ylabel("samples / s")
+        ax.set_title("end-to-end throughput vs workers")
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3)
+    else:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no worker sweep", ha="center", va="center")
+    ax = axes[1]
+    if stage_sets:
+        seen = set()
+        for row, (label, stages) in enumerate(stage_sets):
+            left = 0.0
+            for s in stages:
+                kind = s["kind"]
+                ax.barh(row, s["cpu_ms"], left=left, color=_KIND_COLORS.get(kind, "#17becf"), edgecolor="white",
+                        label=kind if kind not in seen else None)
+                seen.add(kind)
+                if s["cpu_ms"] > 0.08 * sum(x["cpu_ms"] for x in stages):
+                    ax.text(left + s["cpu_ms"] / 2, row, s["name"].split(":")[0].split(" (")[0], ha="center",
+                            va="center", fontsize=7, color="white")
+                left += s["cpu_ms"]
+            ax.text(left, row, f" {left:.2f} ms", va="center", fontsize=8)
+        ax.set_yticks(range(len(stage_sets)), [s[0] for s in stage_sets])
+        ax.invert_yaxis()
+        ax.set_xlabel("CPU ms per sample (one process)")
+        ax.set_title("where a sample's CPU time goes")
+        ax.legend(fontsize=8, loc="lower right")
+        ax.set_xlim(0, max(sum(x["cpu_ms"] for x in st) for _, st in stage_sets) * 1.3)
+    else:
+        ax.set_axis_off()
+    head = verdict.get("headline", "")
+    bound = verdict.get("bound", "?")
+    fig.suptitle(f"fastload profile: {bound}-bound", fontsize=12, fontweight="bold")
+    if head:
+        import textwrap
+        fig.text(0.5, 0.005, "\n".join(textwrap.wrap(head, 160)), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

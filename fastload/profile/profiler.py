@@ -1,0 +1,206 @@
+"""``profile()``: run the phases (storage, CPU, loader sweep, transfer, stall) against a target and decide.
+
+Each phase is interruptible: Ctrl-C ends the phase that is running, skips the rest, and the report that
+comes back (``partial=True``) holds everything measured so far, with a verdict from it.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+from . import verdict as verdict_mod
+from .cpu import usable_cores
+from .report import ProfileReport
+from .stall import run_steps
+from .storage import probe_storage
+from .sweep import default_workers, knee, sweep as run_sweep
+from .targets import resolve
+from .transfer import CopyStage, cuda_available, probe_copy_rate
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    mem = avail = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                if k == "MemTotal":
+                    mem = int(v.split()[0]) * 1024
+                elif k == "MemAvailable":
+                    avail = int(v.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    cuda = None
+    if cuda_available():
+        import torch
+        cuda = torch.cuda.get_device_name()
+    import torch
+    from fastload import __version__
+    return {"cpu": cpu, "cores": usable_cores(), "cpu_count": os.cpu_count(), "memory_bytes": mem,
+            "memory_available_bytes": avail, "cuda": cuda, "python": sys.version.split()[0],
+            "torch": torch.__version__, "fastload": __version__, "platform": platform.platform()}
+
+
+class _Log:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            print(f"[{time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None = None,
+            step_time: float | None = None, target_rate: float | None = None, batch_size: int = 128,
+            size: int = 224, transforms: dict | None = None, workers: Sequence[int] | None = None,
+            prefetch: Sequence[int] = (2, 4), seconds: float = 2.0, storage: bool = True, cold: bool = True,
+            cpu: bool = True, sweep: bool = True, transfer_gbps: float | None = None,
+            simulate_storage_mb_s: float | None = None, progress: bool = True, out: str | os.PathLike | None = None,
+            seed: int = 0) -> ProfileReport:
+    """Profile an input pipeline and name its bottleneck.
+
+    ``target``: a fastload dataset directory, an ImageFolder directory, a ``ShardDataset``, a torch
+    ``DataLoader`` (fastload's or torch's), or any iterable of batches.
+
+    The training step, for the data-stall measurement: ``step(batch)`` (a real callable; synchronise the
+    GPU in it), or a simulated one: ``step_time`` seconds per batch, or ``target_rate`` samples/s.
+    ``steps``: batches fed to it (0: no stall run).
+
+    ``batch_size``, ``size`` (output side of the default RandomResizedCrop+flip pipeline) and ``transforms``
+    apply to dataset paths. ``workers`` / ``prefetch``: the sweep (default 0, 1, 2, 4 ... up to twice the
+    cores; prefetch 2, then 4 at the best worker count). ``seconds``: measuring time per sweep point (and
+    per storage/CPU probe). ``cold``: also measure storage with the files dropped from the page cache.
+    ``transfer_gbps``: a simulated host-to-device copy at this rate (for machines without a GPU; every number
+    it produces is marked simulated). ``simulate_storage_mb_s``: read a fastload dataset through a simulated
+    device of this bandwidth. ``out``: a directory for report.txt, report.json, trace.json, profile.png.
+    """
+    log = _Log(progress)
+    rep = ProfileReport()
+    rep["partial"] = False
+    tgt = resolve(target, batch_size=batch_size, size=size, transforms=transforms,
+                  simulate_storage_mb_s=simulate_storage_mb_s, seed=seed)
+    rep["target"] = tgt.info()
+    rep["machine"] = machine_info()
+    rep["settings"] = {"steps": steps, "seconds_per_point": seconds, "cold": cold, "seed": seed,
+                       "transfer_gbps_simulated": transfer_gbps, "simulated_storage_mb_s": simulate_storage_mb_s}
+    log(f"profiling {rep['target'].get('path') or rep['target'].get('kind')}: {rep['target'].get('kind')}")
+    phase = "start"
+    try:
+        # 1. storage ------------------------------------------------------------------------------
+        phase = "storage"
+        st = tgt.storage() if storage else None
+        if st is not None:
+            paths, make_source = st
+            log("storage: reading the dataset's files" + (" (cold, then warm)" if cold else ""))
+            rep["storage"] = probe_storage(paths, make_source, cold=cold, seconds=seconds, log=log, seed=seed)
+        else:
+            rep["storage"] = {"skipped": "turned off" if not storage else "the dataset's files are not known "
+                                                                        "(not a fastload or file-backed dataset)"}
+        # 2. CPU stages ------------------------------------------------------------------------------
+        phase = "cpu"
+        if cpu:
+            log("cpu: timing each stage in one process")
+            c = tgt.cpu(seconds, log)
+            rep["cpu"] = c if c is not None else {"skipped": "the dataset cannot be indexed (iterable)"}
+            if c:
+                if c.get("compare"):
+                    rep["compare"] = {k: v for k, v in c["compare"].items() if not k.startswith("fastload_st")}
+                log(f"cpu: {c['per_sample_cpu_ms']:.2f} ms per sample -> {c['ceiling']['samples_s']:,.0f}/s "
+                    f"on {c['ceiling']['cores']} cores")
+        # 3. loader sweep ----------------------------------------------------------------------------
+        phase = "sweep"
+        if sweep and tgt.can_sweep():
+            ws = list(workers) if workers is not None else default_workers(usable_cores())
+            sw = {"loader": "", "seconds": seconds, "points": []}
+            rep["sweep"] = sw
+            probe_loader = tgt.make_loader(0, None)
+            sw["loader"] = f"{type(probe_loader).__module__}.{type(probe_loader).__name__}"
+            del probe_loader
+            log(f"sweep: num_workers in {ws}, prefetch {list(prefetch)}")
+            run_sweep(tgt.make_loader, ws, list(prefetch), seconds, log=log, points=sw["points"])
+        elif sweep:
+            rep["sweep"] = {"skipped": "only map-style torch DataLoaders and datasets can be rebuilt with "
+                                       "other worker counts"}
+        _finish_sweep(rep)
+        # 4. transfer ------------------------------------------------------------------------------
+        phase = "transfer"
+        bps = verdict_mod.bytes_per_sample(rep)
+        if cuda_available():
+            rep["transfer"] = probe_copy_rate(int((bps or 1 << 20) * tgt.batch_size))
+        else:
+            rep["transfer"] = {"cuda": False, "note": "no CUDA: host-to-device copies not measured"}
+        if transfer_gbps:
+            rep["transfer"]["simulated_gb_s"] = transfer_gbps
+        # 5. stall ---------------------------------------------------------------------------------
+        phase = "stall"
+        if steps > 0:
+            copy = None
+            if transfer_gbps:
+                copy = CopyStage(simulated_gb_s=transfer_gbps)
+            elif cuda_available():
+                copy = CopyStage()
+            best = verdict_mod.best_point(rep)
+            loader = tgt.stall_loader(best)
+            desc = f"{type(loader).__name__}"
+            if hasattr(loader, "num_workers"):
+                desc += f"(num_workers={loader.num_workers})"
+            log(f"stall: {steps} steps of {desc}" + (f" with {copy.describe()}" if copy else ""))
+            rep["stall"] = {"loader": desc, "step": "", "steps": 0}
+            done = [0]
+
+            def tick(k: int) -> None:
+                done[0] = k
+                if progress and k and k % max(1, steps // 5) == 0:
+                    log(f"stall: {k}/{steps} steps")
+            res = run_steps(loader, steps, step=step, step_time=step_time, rate=target_rate, copy=copy,
+                            on_step=tick)
+            res["loader"] = desc
+            if bps and "bytes_per_sample" not in res:
+                res["bytes_per_sample"] = bps
+            rep["_spans"] = res.pop("_spans", [])
+            rep["stall"] = res
+            if res.get("steps"):
+                log(f"stall: wait {res['wait_ms']:.2f} ms + step {res['step_ms']:.2f} ms per step; "
+                    + (f"data stall {res['stall_pct']:.1f}%" if res.get("demand_s") else
+                       f"{res['samples_s']:,.0f} samples/s"))
+        phase = "done"
+    except KeyboardInterrupt:
+        rep["partial"] = True
+        rep["interrupted_in"] = phase
+        log(f"interrupted during {phase}: reporting what was measured")
+        _finish_sweep(rep)
+    if not rep.get("_spans"):
+        best = verdict_mod.best_point(rep)
+        rep["_spans"] = (best or {}).get("_spans", [])
+    rep["verdict"] = verdict_mod.decide(rep)
+    log(f"verdict: {rep['verdict'].get('bound')}-bound")
+    if out is not None:
+        try:
+            rep.save(out)
+        except KeyboardInterrupt:
+            rep.save(out, plot=False)
+        log(f"wrote {', '.join(rep['files'].values())}")
+    return rep
+
+
+def _finish_sweep(rep: ProfileReport) -> None:
+    sw = rep.get("sweep")
+    if not sw or not sw.get("points"):
+        return
+    sw["knee"] = {k: v for k, v in (knee(sw["points"]) or {}).items() if not k.startswith("_")}
+    best = verdict_mod.best_point(rep)
+    sw["best"] = {k: v for k, v in (best or {}).items() if not k.startswith("_")}
+    for p in sw["points"]:
+        p.pop("_stats", None)
+        if p is not best:
+            p.pop("_spans", None)

@@ -1,0 +1,284 @@
+"""The profile as a readable terminal table, as JSON, and as files (report.txt, report.json, trace.json,
+profile.png)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .verdict import _f
+
+
+def _clean(x: Any) -> Any:
+    """JSON-ready copy: drop private keys (spans, live objects), round floats, inf/nan to None."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items() if not str(k).startswith("_")}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return None
+        return round(x, 4) if abs(x) < 1e6 else round(x)
+    if isinstance(x, (str, int, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def _mb(b: float | None) -> str:
+    if b is None:
+        return "?"
+    return f"{b / 1e9:,.2f} GB" if b >= 1e9 else f"{b / 1e6:,.1f} MB"
+
+
+class ProfileReport(dict):
+    """What ``fastload.profile`` measured (a dict: target, machine, storage, cpu, sweep, transfer, stall,
+    verdict, partial, ...), with ``text()``, ``to_json()`` and ``save(directory)``."""
+
+    @property
+    def verdict(self) -> dict:
+        return self.get("verdict") or {}
+
+    @property
+    def bound(self) -> str:
+        return self.verdict.get("bound", "unknown")
+
+    @property
+    def spans(self) -> list:
+        return self.get("_spans") or []
+
+    def to_dict(self) -> dict:
+        return _clean(dict(self))
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def __repr__(self) -> str:
+        return f"<ProfileReport {self.bound}-bound: {self.verdict.get('headline', '')[:100]}>"
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def save(self, directory: str | os.PathLike, plot: bool = True) -> dict:
+        """Write report.txt, report.json, trace.json and (with matplotlib) profile.png; returns their paths."""
+        from .plot import plot_report
+        from .trace import write_trace
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        files = {"text": d / "report.txt", "json": d / "report.json", "trace": d / "trace.json"}
+        write_trace(files["trace"], self.spans, {"target": (self.get("target") or {}).get("path", ""),
+                                                 "bound": self.bound})
+        if plot:
+            if plot_report(self, d / "profile.png"):
+                files["plot"] = d / "profile.png"
+            else:
+                self.setdefault("notes", []).append("no PNG: matplotlib is not installed (pip install matplotlib)")
+        self["files"] = {k: str(v) for k, v in files.items()}
+        files["text"].write_text(self.text())
+        files["json"].write_text(self.to_json())
+        return self["files"]
+
+    # -- the table ------------------------------------------------------------------------------------
+    def text(self, width: int = 100) -> str:
+        L: list[str] = []
+        t = self.get("target") or {}
+        m = self.get("machine") or {}
+        L.append(f"fastload profile  {t.get('path') or t.get('repr') or t.get('dataset', '')}")
+        desc = [t.get("kind", "")]
+        if t.get("backend"):
+            desc.append(t["backend"])
+        if t.get("records") is not None:
+            desc.append(f"{t['records']:,} records")
+        if t.get("bytes"):
+            desc.append(_mb(t["bytes"]))
+        if t.get("median_size"):
+            desc.append(f"median {t['median_size'][0]}x{t['median_size'][1]}")
+        if t.get("record_kb"):
+            desc.append(f"{t['record_kb']:,.1f} KB/record")
+        L.append("  target    " + ", ".join(d for d in desc if d))
+        for f, p in (t.get("pipeline") or {}).items():
+            L.append(f"  pipeline  {f}: {p}")
+        if t.get("batch_size"):
+            L.append(f"  batch     {t['batch_size']}" + (f", user's num_workers={t['num_workers']}"
+                                                         if "num_workers" in t else ""))
+        if t.get("reader") and t["reader"] != "DatasetReader":
+            L.append(f"  reader    {t['reader']}  (SIMULATED slow storage)")
+        cuda = m.get("cuda") or "no CUDA"
+        L.append(f"  machine   {m.get('cores')} usable cores ({m.get('cpu', '?')}), "
+                 f"{_mb(m.get('memory_bytes'))} RAM, {cuda}")
+        if self.get("partial"):
+            L.append(f"  PARTIAL   interrupted during {self.get('interrupted_in')}: later phases did not run")
+        self._storage(L)
+        self._cpu(L)
+        self._sweep(L)
+        self._transfer(L)
+        self._stall(L)
+        self._verdict(L, width)
+        for n in self.get("notes") or []:
+            L.append(f"note: {n}")
+        if self.get("files"):
+            L.append("files     " + "  ".join(f"{k}: {v}" for k, v in self["files"].items()))
+        return "\n".join(L) + "\n"
+
+    def _storage(self, L: list[str]) -> None:
+        st = self.get("storage")
+        if not st:
+            return
+        L.append("")
+        if st.get("skipped"):
+            L.append(f"STORAGE  not probed: {st['skipped']}")
+            return
+        L.append(f"STORAGE  {st['files']} file(s), {_mb(st['bytes'])}; one reader"
+                 + (f"; {st['resident_before']:.0%} in page cache at start" if st.get("resident_before") is not None else ""))
+        L.append(f"  {'page cache':<28}{'sequential':>14}{'random records/s':>20}{'random MB/s':>14}")
+        for case in ("cold", "warm"):
+            r = st.get(case)
+            if r is None:
+                continue
+            if "skipped" in r:
+                L.append(f"  {case:<28}not measured: {r['skipped']}")
+                continue
+            label = case
+            if case == "cold" and r.get("resident_after_evict") is not None:
+                label = f"cold ({1 - r['resident_after_evict']:.0%} evicted)"
+            seq = r.get("sequential", {})
+            rnd = r.get("random", {})
+            L.append(f"  {label:<28}{seq.get('mb_s', 0):>10,.0f} MB/s{_f(rnd.get('records_s', 0)):>20}"
+                     f"{rnd.get('mb_s', 0):>14,.1f}")
+        if "cold" in st and "resident_after_evict" in (st.get("cold") or {}):
+            L.append("  (cold = dropped from this OS's page cache; a cache below it, e.g. the hypervisor's, may be warm)")
+
+    def _cpu(self, L: list[str]) -> None:
+        c = self.get("cpu")
+        if not c:
+            return
+        L.append("")
+        if c.get("skipped"):
+            L.append(f"CPU      not measured: {c['skipped']}")
+            return
+        L.append(f"CPU      one process, {c['samples']} samples, per sample")
+        self._stage_table(L, c["stages"])
+        fu = c["fused"]
+        ce = c["ceiling"]
+        L.append(f"  as the loader runs it (fused ops + collate): {c['per_sample_cpu_ms']:.2f} ms CPU "
+                 f"({fu['wall_ms']:.2f} ms wall) -> {_f(ce['per_core'])} samples/s per core, "
+                 f"{_f(ce['samples_s'])}/s on {ce['cores']} cores")
+        ds = c.get("decode_stats")
+        if ds and ds.get("decoded"):
+            scaled = sum(ds["dct_scaled"].values())
+            L.append(f"  decode: {scaled / ds['decoded']:.0%} of images DCT-downscaled while decoding "
+                     f"({', '.join(f'1/{k}: {v}' for k, v in ds['dct_scaled'].items()) or 'none'}), "
+                     f"{ds['pil_fallback']} PIL fallbacks")
+        cmp_ = c.get("compare")
+        if cmp_:
+            L.append(f"  the same files through fastload's fused ops ({cmp_['fastload_pipeline']}):")
+            self._stage_table(L, cmp_["fastload_stages"])
+            L.append(f"  fused: {cmp_['fastload_cpu_ms']:.2f} ms CPU per sample -> {_f(cmp_['fastload_ceiling_s'])}/s "
+                     f"on {ce['cores']} cores: {cmp_['gain']:.1f}x the PIL pipeline's {_f(cmp_['pil_ceiling_s'])}/s")
+        wi = c.get("what_if_max_side")
+        if wi:
+            L.append(f"  what if --max-side {wi['max_side']}: {wi['cpu_ms_before']:.2f} -> {wi['cpu_ms_after']:.2f} ms "
+                     f"per sample, {wi['bytes_before'] / 1e3:,.1f} -> {wi['bytes_after'] / 1e3:,.1f} KB per image "
+                     f"(measured on {wi['samples']} re-encoded images)")
+
+    @staticmethod
+    def _stage_table(L: list[str], stages: list[dict]) -> None:
+        L.append(f"  {'stage':<52}{'wall ms':>9}{'CPU ms':>9}{'share':>8}")
+        for s in stages:
+            name = s["name"] if len(s["name"]) <= 50 else s["name"][:47] + "..."
+            note = f"  ({s['note']})" if s.get("note") and "fused" in s["note"] else ""
+            L.append(f"  {name:<52}{s['wall_ms']:>9.3f}{s['cpu_ms']:>9.3f}{s['share']:>8.0%}{note}")
+
+    def _sweep(self, L: list[str]) -> None:
+        sw = self.get("sweep")
+        if not sw:
+            return
+        L.append("")
+        if sw.get("skipped"):
+            L.append(f"LOADER   no sweep: {sw['skipped']}")
+            return
+        L.append(f"LOADER   {sw.get('loader', '')}, {sw.get('seconds', '?')} s per point, loader alone "
+                 f"(nothing done with the batches)")
+        mem_kind = next((p.get("memory_kind") for p in sw["points"] if p.get("memory_kind")), "rss")
+        L.append(f"  {'workers':>7}{'prefetch':>9}{'samples/s':>11}{'first batch':>13}{'cores busy':>12}"
+                 f"{'workers busy':>14}{'peak ' + mem_kind.split(',')[0].upper():>11}{'others':>8}")
+        knee = sw.get("knee") or {}
+        best = max((p for p in sw["points"] if p.get("samples_s")), key=lambda p: p["samples_s"], default={})
+        for p in sw["points"]:
+            tag = []
+            if p is best or (p.get("workers") == best.get("workers") and p.get("prefetch") == best.get("prefetch")):
+                tag.append("best")
+            if p.get("workers") == knee.get("workers") and p.get("prefetch") == knee.get("prefetch"):
+                tag.append("knee")
+            wb = f"{p['workers_busy']:.0%}" if p.get("workers_busy") is not None else "-"
+            fb = f"{p['first_batch_s']:.2f} s" if p.get("first_batch_s") is not None else "-"
+            L.append(f"  {p['workers']:>7}{p.get('prefetch') or '-':>9}{_f(p.get('samples_s', 0)):>11}{fb:>13}"
+                     f"{p.get('cores_busy', 0):>12.2f}{wb:>14}{_mb(p.get('peak_memory_bytes')):>11}"
+                     f"{p['other_cores_busy'] if p.get('other_cores_busy') is not None else '-':>8}"
+                     + (f"  <- {', '.join(tag)}" if tag else ""))
+        L.append("  (cores busy: this process tree; others: cores other processes on the machine used meanwhile)")
+        if knee:
+            L.append(f"  knee: {knee['workers']} workers reach {knee['samples_s'] / max(best.get('samples_s', 1), 1e-9):.0%}"
+                     f" of the best")
+
+    def _transfer(self, L: list[str]) -> None:
+        tr = self.get("transfer")
+        if not tr:
+            return
+        L.append("")
+        if tr.get("cuda"):
+            L.append(f"TRANSFER {tr['device']}: pageable {tr['pageable_gb_s']:.1f} GB/s, pinned {tr['pinned_gb_s']:.1f} GB/s "
+                     f"({_mb(tr['bytes'])} copies)")
+        else:
+            L.append(f"TRANSFER {tr.get('note', 'no CUDA')}"
+                     + (f"; SIMULATED copy at {tr['simulated_gb_s']:g} GB/s in the stall run"
+                        if tr.get("simulated_gb_s") else " (simulate one with --transfer-gbps)"))
+
+    def _stall(self, L: list[str]) -> None:
+        s = self.get("stall")
+        if not s:
+            return
+        L.append("")
+        if s.get("skipped"):
+            L.append(f"STALL    not measured: {s['skipped']}")
+            return
+        L.append(f"STALL    {s.get('loader', '')}; step: {s['step']}")
+        if not s.get("steps"):
+            L.append("  no step completed")
+            return
+        if s.get("demand_s"):
+            sim = " (simulated step)" if s.get("simulated_step") else ""
+            L.append(f"  {s['steps']} steps: wait for data {s['wait_ms']:.2f} ms + step {s['step_ms']:.2f} ms per step"
+                     f" -> data stall {s['stall_pct']:.1f}%{sim}; {_f(s['samples_s'])} samples/s delivered "
+                     f"(the step alone would take {_f(s['demand_s'])}/s); first batch {s['first_batch_s']:.2f} s")
+        else:
+            L.append(f"  {s['steps']} batches, no step: {_f(s['samples_s'])} samples/s delivered; first batch "
+                     f"{s['first_batch_s']:.2f} s (give a step, --step-ms or --target-rate for the data stall)")
+        cp = s.get("copy")
+        if cp:
+            sim = "SIMULATED " if cp["simulated"] else ""
+            L.append(f"  {sim}copy: {cp['ms_per_batch']:.2f} ms per batch ({cp['gb_s']:.3g} GB/s); "
+                     f"{cp['hidden_pct']:.0f}% hidden behind the step; per step the wait was "
+                     f"{cp['exposed_ms_per_step']:.2f} ms on the copy + {cp['loader_wait_ms_per_step']:.2f} ms on the loader")
+
+    def _verdict(self, L: list[str], width: int) -> None:
+        import textwrap
+        v = self.verdict
+        if not v:
+            return
+        L.append("")
+        c = v.get("ceilings") or {}
+        if c:
+            L.append("CEILINGS samples/s each stage could sustain alone")
+            for k, x in sorted(c.items(), key=lambda kv: kv[1]["samples_s"]):
+                mark = "  <- bound" if k == v.get("resource") or (k == "cpu" and v.get("resource") == "cpu") else ""
+                sim = " SIMULATED" if x.get("simulated") else ""
+                L.append(f"  {k:<10}{_f(x['samples_s']):>12}  {x['basis']}{sim}{mark}")
+        L.append("")
+        L.extend(textwrap.wrap(f"VERDICT  {v.get('headline', '')}", width, subsequent_indent="         "))
+        for a in v.get("actions") or []:
+            L.extend(textwrap.wrap(f"  do: {a}", width, subsequent_indent="      "))
+        extra = [e for e in v.get("evidence") or [] if not any(e.startswith(k + ":") for k in c)]
+        for e in extra:
+            L.extend(textwrap.wrap(f"  evidence: {e}", width, subsequent_indent="      "))

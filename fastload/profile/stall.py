@@ -1,0 +1,181 @@
+"""The stall run: the loader feeding a training step, and the share of each step spent waiting for data.
+
+Data-stall % follows DS-Analyzer (Mohan et al., "Analyzing and Mitigating Data Stalls in DNN Training",
+VLDB 2021): the fraction of training time in which the accelerator is idle waiting for its next batch,
+``wait / (wait + step)``, measured here per step after the first batch (the first batch's wait is start-up
+and is reported on its own as time to first batch).
+
+With a copy stage (:class:`fastload.profile.transfer.CopyStage`), a thread fetches batch k+1 from the loader
+and copies it while the step runs on batch k (one batch ahead, as fastload's ``device=`` path does); each
+wait of the step is then split into the part spent on the copy and the part spent on the loader, from the
+spans of both threads, and the share of copy time hidden behind the steps is reported.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import warnings
+from typing import Any, Callable, Iterable
+
+from .sweep import attach_stats, batch_samples, shutdown
+
+MAIN, COPY = 0, 1   # thread ids in the trace
+
+
+class _Epochs:
+    """Batches of ``loader``, starting a new epoch whenever one ends."""
+
+    def __init__(self, loader: Iterable):
+        self.loader = loader
+        self.it = None
+        self.epochs = 0
+
+    def next(self) -> Any:
+        for _ in range(2):
+            if self.it is None:
+                self.it = iter(self.loader)
+                self.epochs += 1
+            try:
+                return next(self.it)
+            except StopIteration:
+                shutdown(self.it)
+                self.it = None
+        raise RuntimeError("the loader gave no batch")
+
+    def close(self) -> None:
+        if self.it is not None:
+            shutdown(self.it)
+            self.it = None
+
+
+class _Step:
+    def __init__(self, step: Callable | None, step_time: float | None, rate: float | None):
+        self.fn, self.step_time, self.rate = step, step_time, rate
+        if step is not None:
+            self.label, self.simulated = f"{getattr(step, '__name__', type(step).__name__)}(batch)", False
+        elif step_time is not None:
+            self.label, self.simulated = f"simulated: sleep {step_time * 1e3:g} ms per step", True
+        elif rate is not None:
+            self.label, self.simulated = f"simulated: a model that takes {rate:g} samples/s", True
+        else:
+            self.label, self.simulated = "none (the loader alone)", False
+
+    def __call__(self, batch: Any) -> None:
+        if self.fn is not None:
+            self.fn(batch)
+        elif self.step_time is not None:
+            time.sleep(self.step_time)
+        elif self.rate is not None:
+            time.sleep(batch_samples(batch) / self.rate)
+
+
+def _overlap(a0: float, a1: float, spans: list[tuple[float, float]]) -> float:
+    return sum(max(0.0, min(a1, s + d) - max(a0, s)) for s, d in spans)
+
+
+def run_steps(loader: Iterable, steps: int, step: Callable | None = None, step_time: float | None = None,
+              rate: float | None = None, copy: Any = None, max_seconds: float = 120.0,
+              on_step: Callable[[int], None] | None = None) -> dict:
+    """Feed ``steps`` batches (after the first) to the step and measure the waits. ``copy``: a CopyStage.
+    Returns the measurements and the spans (``_spans``: (name, worker or -1 / thread, start, dur))."""
+    stepper = _Step(step, step_time, rate)
+    stats, restore = attach_stats(loader)
+    src = _Epochs(loader)
+    spans: list[tuple[str, int, float, float]] = []     # our own: (name, tid, start, dur)
+    q: queue.Queue = queue.Queue()
+    token = threading.Semaphore(1)
+    stop = threading.Event()
+    thread = None
+
+    def producer() -> None:
+        try:
+            while not stop.is_set():
+                token.acquire()
+                if stop.is_set():
+                    return
+                t0 = time.perf_counter()
+                batch = src.next()
+                t1 = time.perf_counter()
+                spans.append(("wait-for-loader", COPY, t0, t1 - t0))
+                batch = copy(batch)
+                t2 = time.perf_counter()
+                spans.append(("copy (simulated)" if copy.simulated else "copy", COPY, t1, t2 - t1))
+                q.put(batch)
+        except BaseException as e:   # hand it to the main thread
+            q.put(e)
+
+    waits: list[tuple[float, float]] = []
+    step_s: list[float] = []
+    samples = 0
+    t_start = time.perf_counter()
+    first = None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*worker processes in total.*")
+            if copy is not None:
+                thread = threading.Thread(target=producer, name="fastload-profile-copy", daemon=True)
+                thread.start()
+            for k in range(steps + 1):
+                t0 = time.perf_counter()
+                if copy is not None:
+                    batch = q.get()
+                    if isinstance(batch, BaseException):
+                        raise batch
+                    token.release()
+                else:
+                    batch = src.next()
+                t1 = time.perf_counter()
+                spans.append(("wait-for-data", MAIN, t0, t1 - t0))
+                stepper(batch)
+                t2 = time.perf_counter()
+                spans.append(("step", MAIN, t1, t2 - t1))
+                if k == 0:
+                    first = t1 - t_start
+                    t_measure = t1
+                else:
+                    waits.append((t0, t1))
+                    step_s.append(t2 - t1)
+                    samples += batch_samples(batch)
+                del batch
+                if on_step is not None:
+                    on_step(k)
+                if t2 - t_start > max_seconds:
+                    break
+    finally:
+        stop.set()
+        token.release()
+        if thread is not None:
+            thread.join(timeout=30)
+        src.close()
+        restore()
+    t_end = time.perf_counter()
+    n = len(step_s)
+    wait_total = sum(b - a for a, b in waits)
+    step_total = sum(step_s)
+    out: dict = {"step": stepper.label, "simulated_step": stepper.simulated, "steps": n,
+                 "first_batch_s": round(first, 4) if first is not None else None, "epochs": src.epochs}
+    if n:
+        out.update(wait_ms=wait_total / n * 1e3, step_ms=step_total / n * 1e3,
+                   stall_pct=100 * wait_total / max(wait_total + step_total, 1e-12),
+                   samples_s=samples / max(t_end - t_measure, 1e-9),
+                   batch_size=samples / n)
+        if step is not None or step_time is not None or rate is not None:
+            out["demand_s"] = samples / max(step_total, 1e-12)
+    if copy is not None and n:
+        copies = [(s, d) for name, tid, s, d in spans if tid == COPY and name.startswith("copy")]
+        exposed = sum(_overlap(a, b, copies) for a, b in waits)
+        copy_total = sum(d for _, d in copies[1:])   # the first copy is start-up
+        out["copy"] = {"simulated": copy.simulated, "what": copy.describe(),
+                       "ms_per_batch": copy_total / max(len(copies) - 1, 1) * 1e3,
+                       "gb_s": copy.bytes / max(copy.seconds, 1e-12) / 1e9,
+                       "exposed_ms_per_step": exposed / n * 1e3,
+                       "loader_wait_ms_per_step": (wait_total - exposed) / n * 1e3,
+                       "hidden_pct": 100 * (1 - exposed / copy_total) if copy_total > 0 else 100.0}
+    loader_spans = list(stats.spans) if stats is not None else []
+    if copy is not None:   # the copy thread, not the main one, drove the loader
+        loader_spans = [(name, -2 if w == -1 else w, s, d) for name, w, s, d in loader_spans]
+    out["_spans"] = [(name, -1 if tid == MAIN else -2, s, d) for name, tid, s, d in spans] + loader_spans
+    if stats is not None:
+        out["stage_seconds"] = {k: round(v, 4) for k, v in stats.summary()["seconds"].items()}
+    return out

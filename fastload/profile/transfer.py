@@ -1,0 +1,90 @@
+"""Host-to-device copies: the copy rate when CUDA is present, and the copy stage the stall run puts between
+the loader and the step — real (``tensor.to(device, non_blocking=True)`` on a side stream) or, without a
+GPU, *simulated* (a sleep of ``bytes / rate``, labelled as such everywhere it is reported)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from .sweep import batch_nbytes
+
+
+def cuda_available() -> bool:
+    try:
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def probe_copy_rate(nbytes: int, repeats: int = 10) -> dict:
+    """Host-to-device copy rate of an ``nbytes`` buffer, pageable and page-locked (GB/s)."""
+    if not cuda_available():
+        return {"cuda": False, "note": "no CUDA: host-to-device copies not measured"}
+    nbytes = max(int(nbytes), 1 << 20)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    out = {"cuda": True, "device": torch.cuda.get_device_name(), "bytes": nbytes}
+    host = torch.empty(nbytes, dtype=torch.uint8)
+    host.fill_(1)
+    for name, src in (("pageable", host), ("pinned", host.pin_memory())):
+        dev.copy_(src, non_blocking=True)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            dev.copy_(src, non_blocking=True)
+        torch.cuda.synchronize()
+        out[f"{name}_gb_s"] = nbytes * repeats / (time.perf_counter() - t0) / 1e9
+    return out
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True) if batch.device.type == "cpu" else batch
+    if isinstance(batch, np.ndarray):
+        return torch.from_numpy(batch).to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+class CopyStage:
+    """Moves a batch to the device, or pretends to: ``CopyStage(simulated_gb_s=...)`` sleeps for
+    ``bytes / rate`` instead (for machines without a GPU; every number it produces is marked simulated)."""
+
+    def __init__(self, simulated_gb_s: float | None = None, device: str = "cuda"):
+        self.simulated = simulated_gb_s is not None
+        if self.simulated:
+            if simulated_gb_s <= 0:
+                raise ValueError(f"simulated transfer rate must be positive, got {simulated_gb_s}")
+            self.gb_s = float(simulated_gb_s)
+        else:
+            if not cuda_available():
+                raise RuntimeError("no CUDA device: pass a simulated rate (simulated_gb_s=) instead")
+            self.device = torch.device(device)
+            self.stream = torch.cuda.Stream(self.device)
+        self.bytes = 0
+        self.seconds = 0.0
+
+    def describe(self) -> str:
+        return (f"simulated host-to-device copy at {self.gb_s:g} GB/s (no GPU: a sleep of bytes / rate)"
+                if self.simulated else f"host-to-device copy to {self.device} on a side stream")
+
+    def __call__(self, batch: Any) -> Any:
+        nbytes = batch_nbytes(batch)
+        t0 = time.perf_counter()
+        if self.simulated:
+            time.sleep(nbytes / (self.gb_s * 1e9))
+            out = batch
+        else:
+            with torch.cuda.stream(self.stream):
+                out = _to_device(batch, self.device)
+                ev = torch.cuda.Event()
+                ev.record(self.stream)
+            ev.synchronize()
+        self.seconds += time.perf_counter() - t0
+        self.bytes += nbytes
+        return out

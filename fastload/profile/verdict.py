@@ -1,0 +1,375 @@
+"""From measurements to a verdict: which stage bounds throughput, by how much, and what to change.
+
+Every stage gets a *ceiling*, the samples/s it could sustain on its own:
+
+* storage: random record reads by one reader (page cache warm when the dataset fits in half the RAM, so
+  that after the first epoch it is served from memory; cold otherwise);
+* CPU: usable cores / CPU seconds per sample of the pipeline as the loader runs it (fused ops + collation);
+* transfer: copy rate / bytes per sample (measured with CUDA; simulated when asked; absent otherwise);
+* the loader: the best end-to-end throughput measured in the sweep;
+* the step: samples / step time (the demand), when a step was given.
+
+The verdict, in order:
+
+1. a step was given and its data stall is under ``STALL_OK`` (10 %): **model-bound**;
+2. otherwise the lowest resource ceiling (storage, CPU, transfer) is the bound — unless the loader
+   measured well below it (under ``LOADER_SHORT`` = 60 % of it), then the **loader** itself is the bound
+   (too few workers, prefetch, start-up, IPC). A storage ceiling the loader beat (parallel reads exceed one
+   reader) is a lower bound, not a limit, and is set aside;
+3. a CPU bound is named by the stage with most CPU time: decode, augment, normalize/convert, collate,
+   read or fetch.
+
+"By how much" is the gap to the next ceiling (how much faster the pipeline could get before something else
+limits it) and, with a step, the demand over the supply.
+"""
+from __future__ import annotations
+
+import math
+
+STALL_OK = 10.0        # % data stall under which the step, not the data, is the bottleneck
+LOADER_SHORT = 0.6     # loader throughput under this fraction of the lowest ceiling: the loader is the bound
+CPU_KINDS = {"decode": "decode", "augment": "augment", "normalize": "normalize", "convert": "convert",
+             "collate": "collate", "read": "read", "fetch": "fetch"}
+
+
+def _f(x: float) -> str:
+    """A rate for people: 1,234 / 56.7 / 0.89."""
+    if x is None or not math.isfinite(x):
+        return "unlimited"
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}" if x >= 10 else f"{x:,.2f}"
+
+
+def storage_case(report: dict) -> str | None:
+    st = report.get("storage") or {}
+    have = [c for c in ("warm", "cold") if isinstance(st.get(c), dict) and "random" in st[c]]
+    if not have:
+        return None
+    mem = (report.get("machine") or {}).get("memory_bytes") or 0
+    size = st.get("bytes") or 0
+    if "cold" in have and (not mem or size > mem / 2):
+        return "cold"
+    return "warm" if "warm" in have else have[0]
+
+
+def ceilings(report: dict) -> dict:
+    """Samples/s each stage could sustain alone, with what backs the number."""
+    out: dict = {}
+    case = storage_case(report)
+    if case:
+        r = report["storage"][case]["random"]
+        out["storage"] = {"samples_s": r["records_s"], "mb_s": r["mb_s"], "case": case,
+                          "basis": f"random record reads, page cache {case}, one reader"}
+    cpu = report.get("cpu") or {}
+    if cpu.get("ceiling"):
+        c = cpu["ceiling"]
+        out["cpu"] = {"samples_s": c["samples_s"], "per_core": c["per_core"], "cores": c["cores"],
+                      "basis": f"{c['cores']} cores / {cpu['per_sample_cpu_ms']:.2f} ms CPU per sample"}
+    copy = ((report.get("stall") or {}).get("copy"))
+    bps = bytes_per_sample(report)
+    transfer = report.get("transfer") or {}
+    if copy and bps:
+        label = "simulated copy" if copy["simulated"] else "copy"
+        out["transfer"] = {"samples_s": copy["gb_s"] * 1e9 / bps, "simulated": copy["simulated"],
+                           "basis": f"{label} at {copy['gb_s']:.3g} GB/s / {bps / 1e3:,.1f} KB per sample"}
+    elif transfer.get("cuda") and bps:
+        gbs = transfer.get("pinned_gb_s") or 0
+        out["transfer"] = {"samples_s": gbs * 1e9 / bps, "simulated": False,
+                           "basis": f"pinned copy at {gbs:.3g} GB/s / {bps / 1e3:,.1f} KB per sample"}
+    best = best_point(report)
+    if best is not None:
+        out["loader"] = {"samples_s": best["samples_s"], "workers": best["workers"],
+                         "prefetch": best.get("prefetch"), "basis": f"measured, {best['workers']} workers"}
+    stall = report.get("stall") or {}
+    if stall.get("demand_s"):
+        out["step"] = {"samples_s": stall["demand_s"], "simulated": stall.get("simulated_step", False),
+                       "basis": f"{stall['step_ms']:.1f} ms per step of {stall['batch_size']:.0f} samples"}
+    return out
+
+
+def background_load(report: dict) -> float | None:
+    """Median cores kept busy by other processes during the sweep (None if unknown)."""
+    vals = sorted(p["other_cores_busy"] for p in (report.get("sweep") or {}).get("points", [])
+                  if p.get("other_cores_busy") is not None)
+    return vals[len(vals) // 2] if vals else None
+
+
+def best_point(report: dict) -> dict | None:
+    pts = [p for p in (report.get("sweep") or {}).get("points", []) if p.get("samples_s")]
+    return max(pts, key=lambda p: p["samples_s"]) if pts else None
+
+
+def bytes_per_sample(report: dict) -> float | None:
+    for p in (report.get("sweep") or {}).get("points", []):
+        if p.get("bytes_per_sample"):
+            return p["bytes_per_sample"]
+    stall = report.get("stall") or {}
+    return stall.get("bytes_per_sample")
+
+
+def top_cpu_stage(report: dict) -> dict | None:
+    stages = (report.get("cpu") or {}).get("stages") or []
+    return max(stages, key=lambda s: s["cpu_ms"]) if stages else None
+
+
+def decide(report: dict) -> dict:
+    """The verdict: ``bound`` (storage | decode | augment | normalize | convert | collate | read | fetch |
+    loader | transfer | model | unknown), ``resource`` (storage | cpu | loader | transfer | model),
+    ``headline``, ``factor`` (how much faster the next limit is), ``actions`` and ``evidence``."""
+    c = ceilings(report)
+    stall = report.get("stall") or {}
+    evidence = [f"{k}: {_f(v['samples_s'])} samples/s ({v['basis']})" for k, v in c.items()]
+    supply = c.get("loader", {}).get("samples_s") or stall.get("samples_s")
+    v: dict = {"ceilings": c, "evidence": evidence, "actions": []}
+    set_aside = []
+
+    if stall.get("demand_s") and stall.get("stall_pct", 100) < STALL_OK:
+        v.update(bound="model", resource="model")
+        _model(report, c, stall, supply, v)
+        return v
+
+    resources = {k: c[k] for k in ("storage", "cpu", "transfer") if k in c}
+    others = background_load(report)
+    if "cpu" in resources and others is not None and others >= 0.25:
+        cc = resources["cpu"]
+        left = max(cc["cores"] - others, 0.5)
+        resources["cpu"] = dict(cc, samples_s=cc["per_core"] * left, cores_left=left,
+                                basis=cc["basis"] + f", less the {others:.1f} cores other processes used")
+        v["evidence"].append(f"background load: other processes kept {others:.1f} of {cc['cores']} cores busy while "
+                             f"the loader was measured; the CPU ceiling left for this pipeline is "
+                             f"{_f(resources['cpu']['samples_s'])}/s")
+        v["background_cores"] = others
+    if "storage" in resources and supply and supply > 1.1 * resources["storage"]["samples_s"]:
+        set_aside.append(f"storage ceiling ({_f(resources['storage']['samples_s'])}/s, one reader) is a lower "
+                         f"bound: the loader read faster ({_f(supply)}/s) with parallel reads")
+        del resources["storage"]
+    v["evidence"] += set_aside
+    if not resources:
+        if supply:
+            v.update(bound="unknown", resource="loader",
+                     headline=f"The loader delivers {_f(supply)} samples/s"
+                              + (f"; data stall {stall['stall_pct']:.0f}%" if "stall_pct" in stall else "")
+                              + ". Nothing else was measured, so no stage can be named: profile the dataset "
+                                "(fastload profile DST) or a torch DataLoader for the stage breakdown.")
+        else:
+            v.update(bound="unknown", resource="unknown", headline="Nothing was measured.")
+        return v
+    name, lim = min(resources.items(), key=lambda kv: kv[1]["samples_s"])
+    others = sorted((r["samples_s"], k) for k, r in resources.items() if k != name)
+    nxt = others[0] if others else None
+    v["limit_s"] = lim["samples_s"]
+    if nxt:
+        v["next"] = {"stage": nxt[1], "samples_s": nxt[0]}
+        v["factor"] = nxt[0] / lim["samples_s"]
+    if supply and supply < LOADER_SHORT * lim["samples_s"]:
+        v.update(bound="loader", resource="loader")
+        _loader(report, c, name, lim, supply, v)
+    elif name == "storage":
+        v.update(bound="storage", resource="storage")
+        _storage(report, c, lim, supply, v)
+    elif name == "transfer":
+        v.update(bound="transfer", resource="transfer")
+        _transfer(report, c, lim, supply, v)
+    else:
+        top = top_cpu_stage(report)
+        v.update(bound=CPU_KINDS.get(top["kind"], "decode") if top else "decode", resource="cpu")
+        _cpu(report, c, lim, supply, top, v)
+    if stall.get("demand_s") and supply:
+        v["demand_over_supply"] = stall["demand_s"] / supply
+        v["headline"] += (f" The step could take {stall['demand_s'] / supply:.1f}x more data "
+                          f"({_f(stall['demand_s'])} samples/s); it waits {stall['stall_pct']:.0f}% of the time "
+                          f"(data stall).")
+    return v
+
+
+# -- the cases ------------------------------------------------------------------------------------------
+def _next_txt(v: dict) -> str:
+    n = v.get("next")
+    if not n:
+        return ""
+    return f" Next limit: {n['stage']} at {_f(n['samples_s'])}/s ({v['factor']:.1f}x above)."
+
+
+def _pct(a: float, b: float) -> str:
+    return f"{100 * a / b:.0f}%" if b else "?"
+
+
+def _model(report, c, stall, supply, v) -> None:
+    knee = (report.get("sweep") or {}).get("knee")
+    sim = " (simulated)" if stall.get("simulated_step") else ""
+    v["headline"] = (f"Model-bound: the step{sim} takes {stall['step_ms']:.1f} ms per batch "
+                     f"({_f(stall['demand_s'])} samples/s) and waits {stall['wait_ms']:.2f} ms for data "
+                     f"(data stall {stall['stall_pct']:.1f}%).")
+    if supply:
+        v["factor"] = supply / stall["demand_s"]
+        v["headline"] += f" The loader could deliver {_f(supply)} samples/s ({v['factor']:.1f}x the demand)."
+    v["actions"].append("The input pipeline is not what slows training: speed up the step itself "
+                        "(mixed precision, larger batch, torch.compile; torch.profiler shows where its time goes).")
+    if knee and knee.get("samples_s", 0) >= 1.2 * stall["demand_s"]:
+        pts = [p for p in report["sweep"]["points"] if p.get("samples_s", 0) >= 1.2 * stall["demand_s"]]
+        fewest = min(pts, key=lambda p: p["workers"])
+        v["actions"].append(f"num_workers={fewest['workers']} already delivers {_f(fewest['samples_s'])} samples/s "
+                            f"(>= 1.2x the demand); more workers only take cores and memory from the rest.")
+
+
+def _storage(report, c, lim, supply, v) -> None:
+    st = report["storage"]
+    case = lim["case"]
+    r = st[case]["random"]
+    per_rec = r["bytes"] / max(r["records"], 1)
+    v["headline"] = (f"Storage-bound: random reads deliver {_f(lim['samples_s'])} records/s "
+                     f"({r['mb_s']:,.1f} MB/s, page cache {case})"
+                     + (f"; the loader reached {_f(supply)} samples/s ({_pct(supply, lim['samples_s'])} of that)."
+                        if supply else ".")
+                     + _next_txt(v))
+    stall = report.get("stall") or {}
+    need = stall.get("demand_s") or (v.get("next") or {}).get("samples_s")
+    if need and math.isfinite(need):
+        v["actions"].append(f"Faster storage: {_f(need)} samples/s needs {need * per_rec / 1e6:,.0f} MB/s of random "
+                            f"reads of {per_rec / 1e3:,.1f} KB records; this storage gives {r['mb_s']:,.1f} MB/s "
+                            f"(local NVMe, or a node-local copy of the dataset).")
+    mem = (report.get("machine") or {}).get("memory_bytes")
+    if mem and st["bytes"] < mem / 2:
+        v["actions"].append(f"The dataset ({st['bytes'] / 1e9:,.2f} GB) fits in the page cache "
+                            f"({mem / 1e9:,.0f} GB RAM): copy it to local disk once and later epochs read from memory.")
+    seq = st[case].get("sequential", {}).get("mb_s")
+    if seq and seq > 2 * r["mb_s"]:
+        v["actions"].append(f"Read in long runs: fastload.DataLoader(order='block') shuffles blocks of "
+                            f"consecutive records (sequential reads: {seq:,.0f} MB/s vs random {r['mb_s']:,.1f} MB/s).")
+    wi = (report.get("cpu") or {}).get("what_if_max_side")
+    if wi:
+        v["actions"].append(f"Smaller records: `fastload convert --max-side {wi['max_side']}` shrank sample "
+                            f"records from {wi['bytes_before'] / 1e3:,.1f} KB to {wi['bytes_after'] / 1e3:,.1f} KB "
+                            f"(measured on {wi['samples']} re-encoded images).")
+    if "cold" in st and "warm" in st and isinstance(st.get("cold"), dict) and "random" in st["cold"] and case == "warm":
+        cr = st["cold"]["random"]["records_s"]
+        v["evidence"].append(f"first epoch (page cache cold): {_f(cr)} records/s")
+
+
+def _cpu(report, c, lim, supply, top, v) -> None:
+    cpu = report["cpu"]
+    share = top["share"] if top else 1.0
+    what = f"{top['name']} is {share:.0%} of it" if top else ""
+    cores_txt = (f"{lim['cores_left']:.1f} cores (of {lim['cores']}; other processes used the rest)"
+                 if "cores_left" in lim else f"{lim['cores']} cores")
+    v["headline"] = (f"{(v['bound'].capitalize())}-bound (CPU): {cores_txt} at "
+                     f"{cpu['per_sample_cpu_ms']:.2f} ms CPU per sample cap the pipeline at {_f(lim['samples_s'])} "
+                     f"samples/s" + (f"; the loader reached {_f(supply)} ({_pct(supply, lim['samples_s'])})" if supply else "")
+                     + (f"; {what}." if what else ".") + _next_txt(v))
+    best = best_point(report)
+    cores = lim["cores"]
+    if best is not None and best["workers"] < cores:
+        v["actions"].append(f"num_workers={cores}: the best run used {best['workers']} of {cores} cores.")
+    cmp_ = report.get("compare")
+    if cmp_:
+        v["actions"].append(f"Convert to fastload shards (`fastload convert SRC DST`): fastload's fused ops cost "
+                            f"{cmp_['fastload_cpu_ms']:.2f} ms CPU per sample vs {cmp_['pil_cpu_ms']:.2f} ms for the "
+                            f"PIL pipeline on the same files ({cmp_['gain']:.1f}x): a ceiling of "
+                            f"{_f(cmp_['fastload_ceiling_s'])} instead of {_f(cmp_['pil_ceiling_s'])} samples/s "
+                            f"on {cores} cores.")
+    kind = top["kind"] if top else "decode"
+    if kind == "decode":
+        wi = cpu.get("what_if_max_side")
+        if wi:
+            v["actions"].append(f"Smaller stored images: `fastload convert --max-side {wi['max_side']}` cut "
+                                f"decode+crop from {wi['cpu_ms_before']:.2f} to {wi['cpu_ms_after']:.2f} ms per sample "
+                                f"({wi['cpu_ms_before'] / max(wi['cpu_ms_after'], 1e-9):.1f}x; measured on "
+                                f"{wi['samples']} re-encoded images of median {wi['median_side']} px long side).")
+        raw = _raw_estimate(report)
+        if raw:
+            v["actions"].append(raw)
+    elif kind in ("normalize", "convert"):
+        v["actions"].append(f"Normalise on the GPU: keep uint8 through the loader and pass "
+                            f"gpu_transforms=[ops.Normalize(mean, std)] with device='cuda' ({top['name']} costs "
+                            f"{top['cpu_ms']:.2f} ms per sample here, and float32 quadruples the bytes copied).")
+    elif kind == "augment":
+        v["actions"].append(f"{top['name']} costs {top['cpu_ms']:.2f} ms per sample ({share:.0%} of the CPU time): "
+                            "move it to the GPU on whole batches, make it cheaper, or apply it to fewer samples.")
+    elif kind == "collate":
+        v["actions"].append(f"Collation costs {top['cpu_ms']:.2f} ms per sample: a fastload dataset "
+                            "(ShardDataset) writes samples straight into the batch, with no collate step.")
+    elif kind == "fetch":
+        v["actions"].append("dataset[i] was timed as one stage: give the profiler a ShardDataset or a "
+                            "torchvision-style dataset (samples, loader, transform) to see which part costs.")
+    elif kind == "read":
+        v["actions"].append(f"Reading costs {top['cpu_ms']:.2f} ms CPU per sample (file opens, page faults): "
+                            "fastload shards replace per-file opens with one memory map.")
+    stall = report.get("stall") or {}
+    if stall.get("demand_s"):
+        need = math.ceil(stall["demand_s"] / lim["per_core"])
+        v["actions"].append(f"More cores: each adds {_f(lim['per_core'])} samples/s; the step's "
+                            f"{_f(stall['demand_s'])} samples/s needs about {need}.")
+    else:
+        v["actions"].append(f"More cores: each adds {_f(lim['per_core'])} samples/s.")
+
+
+def _raw_estimate(report) -> str | None:
+    """Raw (decoded) shards: no decode, bigger records; served at storage speed."""
+    tgt = report.get("target") or {}
+    st = report.get("storage") or {}
+    out_shape = tgt.get("output_shape")
+    case = storage_case(report)
+    if not out_shape or not case:
+        return None
+    side = max(out_shape[:2])
+    raw_side = 2 * side if tgt.get("random_crop") else side
+    raw_bytes = raw_side * raw_side * 3
+    mb_s = st[case]["random"]["mb_s"]
+    return (f"Raw shards: store decoded {raw_side}x{raw_side} uint8 pixels (an NDArrayField) and skip decoding; "
+            f"each record grows to {raw_bytes / 1e3:,.0f} KB, which this storage reads at about "
+            f"{_f(mb_s * 1e6 / raw_bytes)} records/s (page cache {case}, one reader) - an estimate, not measured.")
+
+
+def _transfer(report, c, lim, supply, v) -> None:
+    sim = lim.get("simulated")
+    label = "SIMULATED " if sim else ""
+    stall = report.get("stall") or {}
+    copy = stall.get("copy") or {}
+    v["headline"] = (f"Transfer-bound ({label}host-to-device copy{' - no GPU on this machine' if sim else ''}): "
+                     f"{lim['basis']} caps delivery at {_f(lim['samples_s'])} samples/s"
+                     + (f"; with the copy the step received {_f(stall['samples_s'])} samples/s" if stall.get("samples_s") else "")
+                     + "." + _next_txt(v))
+    if copy:
+        v["evidence"].append(f"copy: {copy['ms_per_batch']:.1f} ms per batch, {copy['hidden_pct']:.0f}% hidden behind "
+                             f"the step, {copy['exposed_ms_per_step']:.1f} ms per step exposed"
+                             + (" (simulated)" if copy.get("simulated") else ""))
+    best = best_point(report) or {}
+    dtypes = best.get("dtypes") or []
+    if any(d.startswith("float") for d in dtypes):
+        v["actions"].append("Copy uint8, not float32: normalise on the GPU (gpu_transforms=[ops.Normalize(...)]) - "
+                            "a quarter of the bytes.")
+    v["actions"].append("Overlap copies with the step: fastload.DataLoader(device='cuda') copies from page-locked "
+                        "ring slots on a side stream, one batch ahead.")
+    v["actions"].append(f"Fewer bytes per sample ({bytes_per_sample(report) / 1e3:,.1f} KB now): a smaller output "
+                        "size or crop.")
+    if sim:
+        v["actions"].append("This bound comes from a simulated copy rate: measure on the GPU machine "
+                            "(fastload profile runs the real copy when CUDA is present).")
+
+
+def _loader(report, c, name, lim, supply, v) -> None:
+    best = best_point(report)
+    pts = (report.get("sweep") or {}).get("points", [])
+    v["headline"] = (f"Loader-bound: the best run ({best['workers']} workers) reached {_f(supply)} samples/s, "
+                     f"{_pct(supply, lim['samples_s'])} of the lowest resource ceiling ({name}, "
+                     f"{_f(lim['samples_s'])}/s): the pipeline is not using what the machine has."
+                     if best else f"Loader-bound: {_f(supply)} samples/s, well under {name}'s {_f(lim['samples_s'])}/s.")
+    if best:
+        most = max(p["workers"] for p in pts)
+        if best["workers"] == most:
+            v["actions"].append(f"More workers: throughput was still highest at the most tried ({most}).")
+        busy = best.get("workers_busy")
+        if busy is not None and busy < 0.7:
+            v["actions"].append(f"Workers were busy only {busy:.0%} of the time: the main process (consumer, "
+                                "IPC, collation) is the bottleneck - use a ShardDataset's in-place batches.")
+        fb = best.get("first_batch_s") or 0
+        if fb > 1.0:
+            v["actions"].append(f"Start-up costs {fb:.1f} s per epoch: persistent_workers=True.")
+        prefs = {p.get("prefetch") for p in pts if p["workers"] == best["workers"]}
+        if len(prefs) <= 1:
+            v["actions"].append("Try a deeper prefetch (prefetch_factor=4).")
+    if v.get("background_cores"):
+        v["actions"].append(f"Other processes kept {v['background_cores']:.1f} cores busy during the run: "
+                            "profile on a quiet machine before acting on the numbers.")
+    v["actions"].append(f"The {name} ceiling ({lim['basis']}) says the machine can do "
+                        f"{lim['samples_s'] / supply:.1f}x more." if supply else "")
+    v["actions"] = [a for a in v["actions"] if a]
