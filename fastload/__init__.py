@@ -2,6 +2,9 @@
 
 Shards on local disk (native memory-mapped files or LMDB), decoded and augmented by persistent worker
 processes straight into a shared-memory ring of batch slots, and handed to the training loop as tensors.
+
+Public names are imported on first use, so ``import fastload`` (and the ``fastload`` command) start fast and a
+process that only decodes never imports what it does not need.
 """
 from __future__ import annotations
 
@@ -10,12 +13,14 @@ import importlib
 __version__ = "0.1.0"
 
 from .errors import CorruptRecordError, FastloadError, FormatError, SharedMemoryError, SourceError, WorkerError
-from .loader import DataLoader
 
-# Imported on first use, so that `import fastload` for the drop-in DataLoader stays light.
 _LAZY = {
+    "DataLoader": ("fastload.loader", "DataLoader"),
+    "BlockShuffleSampler": ("fastload.loader", "BlockShuffleSampler"),
     "ShardDataset": ("fastload.dataset", "ShardDataset"),
     "open_dataset": ("fastload.formats", "open_dataset"),
+    # fastload.convert is the conversion package, callable as convert(source, dst, ...)
+    "convert": ("fastload.convert", None),
     "ops": ("fastload.ops", None),
     "formats": ("fastload.formats", None),
 }
@@ -31,13 +36,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'fastload' has no attribute {name!r}")
 
 
-def convert(source, dst, **kwargs):
-    """Convert a source (ImageFolder path, map-style dataset, dict of arrays) to a fastload dataset.
-
-    See :func:`fastload.convert.convert` (the conversion room) for the arguments.
-    """
-    return importlib.import_module("fastload.convert").convert(source, dst, **kwargs)
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["DataLoader", "ShardDataset", "convert", "open_dataset", "ops", "FastloadError", "FormatError",
-           "CorruptRecordError", "SourceError", "WorkerError", "SharedMemoryError", "__version__"]
+__all__ = ["DataLoader", "BlockShuffleSampler", "ShardDataset", "convert", "open_dataset", "ops", "formats",
+           "FastloadError", "FormatError", "CorruptRecordError", "SourceError", "WorkerError",
+           "SharedMemoryError", "__version__"]

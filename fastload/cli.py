@@ -1,4 +1,4 @@
-"""``fastload`` command line: convert, inspect, verify.
+"""``fastload`` command line: convert, inspect, verify, demo.
 
 Each subcommand is an ``add_<name>(subparsers)`` function that registers its arguments and sets
 ``func`` to a ``cmd_<name>(args) -> int`` handler; add a new one to ``SUBCOMMANDS``.
@@ -178,8 +178,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- demo ---------------------------------------------------------------------------------------------
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole job end to end on a dataset made from real photos",
+                       description="Make JPEGs from scikit-image's sample photos, convert them to shards, load "
+                                   "them with fastload and with torch's DataLoader, and print how fast each was.")
+    p.add_argument("--dir", default="fastload-demo", help="working directory (default ./fastload-demo)")
+    p.add_argument("--images", type=_positive, default=1000, help="number of JPEGs (default 1000)")
+    p.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores, at most 8)")
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--epochs", type=_positive, default=3, help="timed epochs after a warm-up (default 3)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fastload.demo import run_demo
+    run_demo(args.dir, images=args.images, workers=args.workers, batch_size=args.batch_size, epochs=args.epochs)
+    return 0
+
+
 # -- entry point --------------------------------------------------------------------------------------
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, add_inspect, add_verify]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, add_inspect, add_verify,
+                                                                    add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,16 +1,10 @@
-"""Fixtures for the fault tests: a small real-photo shard dataset, and a check that nothing leaks."""
+"""Fixtures for the fault tests: a small real-photo shard dataset each test may damage."""
 from __future__ import annotations
-
-import gc
-import multiprocessing
-import os
-import time
 
 import pytest
 
 from fastload.demo_data import make_photo_imagefolder
 from fastload.formats import DatasetWriter, ImageField, IntField, Schema
-from fastload.loader.ring import PREFIX, SHM_DIR
 
 
 def write_photo_shards(dst, root, backend="shards"):
@@ -33,16 +27,3 @@ def fault_photos(tmp_path_factory):
 def fresh_shards(fault_photos, tmp_path):
     """A dataset each test may damage."""
     return write_photo_shards(tmp_path / "ds", fault_photos)
-
-
-def assert_no_leaks(pid: int | None = None) -> None:
-    gc.collect()
-    pid = os.getpid() if pid is None else pid
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        kids = [p for p in multiprocessing.active_children() if p.name.startswith("fastload")]
-        segs = [f for f in os.listdir(SHM_DIR) if f.startswith(f"{PREFIX}{pid}_")]
-        if not kids and not segs:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"leaked workers {kids} / shared memory {segs}")

@@ -11,7 +11,7 @@ import torch
 import fastload
 from fastload import ops
 
-from conftest import assert_no_leaks
+from leakcheck import assert_no_leaks
 
 TRANSFORMS = {"image": [ops.DecodeRandomResizedCrop(64), ops.RandomHorizontalFlip()]}
 
