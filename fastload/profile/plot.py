@@ -57,25 +57,30 @@ def plot_report(report: dict, path: str | os.PathLike) -> bool:
                         fontsize=9, arrowprops={"arrowstyle": "->"})
         top = max(p["samples_s"] for p in points)
         xmax = max(p["workers"] for p in points)
+        ymax = top
         for k in ("storage", "cpu", "transfer", "step"):
             c = ceil.get(k)
             if not c:
                 continue
-            y = c["samples_s"]
-            shown = y <= 3 * top
             lab = {"storage": "storage", "cpu": "CPU", "transfer": "transfer", "step": "step demand"}[k]
             if c.get("simulated"):
                 lab += " (simulated)"
-            if shown:
-                ax.axhline(y, ls="--", color=_COLORS[k], lw=1.2, label=f"{lab} ceiling {y:,.0f}/s")
-            else:
-                ax.plot([], [], ls="--", color=_COLORS[k], label=f"{lab} ceiling {y:,.0f}/s (off scale)")
+            lines = [(c.get("nominal_samples_s", c["samples_s"]), "--", lab if k == "step" else f"{lab} ceiling")]
+            if "nominal_samples_s" in c:
+                lines.append((c["samples_s"], ":", "CPU left by other processes"))
+            for y, style, text in lines:
+                if y <= 3 * top:
+                    ax.axhline(y, ls=style, color=_COLORS[k], lw=1.3, label=f"{text} {y:,.0f}/s")
+                    ymax = max(ymax, y)
+                else:
+                    ax.plot([], [], ls=style, color=_COLORS[k], label=f"{text} {y:,.0f}/s (off scale)")
+        ax.set_xticks(sorted({p["workers"] for p in points}))
         ax.set_xlim(-0.3, xmax + 0.3)
-        ax.set_ylim(0, None)
+        ax.set_ylim(0, ymax * 1.15)
         ax.set_xlabel("num_workers")
         ax.set_ylabel("samples / s")
         ax.set_title("end-to-end throughput vs workers")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best", framealpha=0.9)
         ax.grid(alpha=0.3)
     else:
         ax.set_axis_off()

@@ -9,6 +9,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 from . import verdict as verdict_mod
@@ -102,7 +103,10 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
         if st is not None:
             paths, make_source = st
             log("storage: reading the dataset's files" + (" (cold, then warm)" if cold else ""))
-            rep["storage"] = probe_storage(paths, make_source, cold=cold, seconds=seconds, log=log, seed=seed)
+            rep["storage"] = probe_storage(paths, make_source, cold=cold, seconds=seconds, log=log, seed=seed,
+                                           charge=tgt.storage_charge())
+            if tgt.storage_charge() is not None:
+                rep["storage"]["simulated"] = repr(getattr(tgt, "reader", ""))
         else:
             rep["storage"] = {"skipped": "turned off" if not storage else "the dataset's files are not known "
                                                                         "(not a fastload or file-backed dataset)"}
@@ -150,7 +154,9 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
             elif cuda_available():
                 copy = CopyStage()
             best = verdict_mod.best_point(rep)
-            loader = tgt.stall_loader(best)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*worker processes in total.*")
+                loader = tgt.stall_loader(best)
             desc = f"{type(loader).__name__}"
             if hasattr(loader, "num_workers"):
                 desc += f"(num_workers={loader.num_workers})"
@@ -179,9 +185,7 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
         rep["interrupted_in"] = phase
         log(f"interrupted during {phase}: reporting what was measured")
         _finish_sweep(rep)
-    if not rep.get("_spans"):
-        best = verdict_mod.best_point(rep)
-        rep["_spans"] = (best or {}).get("_spans", [])
+    rep["_spans"] = _trace_spans(rep)
     rep["verdict"] = verdict_mod.decide(rep)
     log(f"verdict: {rep['verdict'].get('bound')}-bound")
     if out is not None:
@@ -193,6 +197,11 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
     return rep
 
 
+def _best_with_workers(points: list) -> dict | None:
+    pts = [p for p in points if p.get("workers") and p.get("samples_s") and p.get("_spans")]
+    return max(pts, key=lambda p: p["samples_s"]) if pts else None
+
+
 def _finish_sweep(rep: ProfileReport) -> None:
     sw = rep.get("sweep")
     if not sw or not sw.get("points"):
@@ -200,7 +209,28 @@ def _finish_sweep(rep: ProfileReport) -> None:
     sw["knee"] = {k: v for k, v in (knee(sw["points"]) or {}).items() if not k.startswith("_")}
     best = verdict_mod.best_point(rep)
     sw["best"] = {k: v for k, v in (best or {}).items() if not k.startswith("_")}
+    keep = _best_with_workers(sw["points"])
     for p in sw["points"]:
         p.pop("_stats", None)
-        if p is not best:
+        if p is not keep:
             p.pop("_spans", None)
+
+
+def _trace_spans(rep: ProfileReport) -> list:
+    """The stall run's spans, and the best multi-worker sweep run's (so the trace always shows workers when
+    any ran), each run marked by a span on the main process's "profile" track."""
+    runs = []
+    stall = rep.get("_spans") or []
+    pts = (rep.get("sweep") or {}).get("points", [])
+    mw = _best_with_workers(pts)
+    if mw is not None and not any(w >= 0 for _, w, _, _ in stall):
+        runs.append((f"sweep run: {mw['workers']} workers, prefetch {mw.get('prefetch')}", mw["_spans"]))
+    if stall:
+        runs.append((f"stall run: {(rep.get('stall') or {}).get('loader', '')}", stall))
+    out = []
+    for label, spans in runs:
+        t0 = min(s for _, _, s, _ in spans)
+        t1 = max(s + d for _, _, s, d in spans)
+        out.append((label, -3, t0, t1 - t0))
+        out.extend(spans)
+    return out

@@ -84,7 +84,7 @@ class ProfileReport(dict):
         L: list[str] = []
         t = self.get("target") or {}
         m = self.get("machine") or {}
-        L.append(f"fastload profile  {t.get('path') or t.get('repr') or t.get('dataset', '')}")
+        L.append(f"fastload profile  {t.get('path') or t.get('dataset') or t.get('repr') or ''}")
         desc = [t.get("kind", "")]
         if t.get("backend"):
             desc.append(t["backend"])
@@ -215,7 +215,7 @@ class ProfileReport(dict):
             fb = f"{p['first_batch_s']:.2f} s" if p.get("first_batch_s") is not None else "-"
             L.append(f"  {p['workers']:>7}{p.get('prefetch') or '-':>9}{_f(p.get('samples_s', 0)):>11}{fb:>13}"
                      f"{p.get('cores_busy', 0):>12.2f}{wb:>14}{_mb(p.get('peak_memory_bytes')):>11}"
-                     f"{p['other_cores_busy'] if p.get('other_cores_busy') is not None else '-':>8}"
+                     f"{format(p['other_cores_busy'], '.2f') if p.get('other_cores_busy') is not None else '-':>8}"
                      + (f"  <- {', '.join(tag)}" if tag else ""))
         L.append("  (cores busy: this process tree; others: cores other processes on the machine used meanwhile)")
         if knee:

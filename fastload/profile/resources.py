@@ -77,62 +77,78 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def _reaped_children_cpu() -> float:
+    """CPU seconds of this process's children (and theirs) that have exited and been waited for."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 class TreeMonitor:
     """``with TreeMonitor() as m: ...`` then ``m.cpu_seconds`` (CPU time of the process tree during the
     block), ``m.peak_bytes`` (largest memory of the tree seen), ``m.memory_kind`` ("pss", "rss" or
     "rss, this process only") and ``m.other_cores_busy`` (cores that *other* processes on the machine kept
     busy meanwhile: background load that the measurements had to share the machine with; None if unknown).
 
-    Workers that start and exit inside the block are counted up to the last sample before they exit
-    (samples every ``interval`` seconds)."""
+    CPU time is exact, not sampled: this process's own, plus that of children still alive at the end (from
+    /proc), plus that of children that exited and were reaped (``RUSAGE_CHILDREN``). Memory is sampled every
+    ``interval`` seconds in a thread, which reads only the known pids' files and looks for new processes
+    every ``rescan`` seconds (a sampler that does many small system calls starves for the GIL when the
+    main thread is busy)."""
 
-    def __init__(self, interval: float = 0.05):
-        self.interval = interval
+    def __init__(self, interval: float = 0.05, rescan: float = 0.25):
+        self.interval, self.rescan = interval, rescan
         self.pid = os.getpid()
         self.cpu_seconds = 0.0
         self.peak_bytes = 0
+        self.other_cores_busy: float | None = None
         self.memory_kind = "pss" if _HAS_PROC else "rss, this process only"
-        self._child_cpu: dict[int, float] = {}
-        self._child_start: dict[int, float] = {}
+        self._pids: list[int] = []
+        self._scanned = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fastload-profile-monitor", daemon=True)
 
-    def _sample(self) -> None:
-        pids = descendants(self.pid) if _HAS_PROC else []
-        total = 0
-        kinds = set()
-        for pid in [self.pid, *pids]:
-            m = _memory(pid) if _HAS_PROC else None
-            if m is not None:
-                total += m[0]
-                kinds.add(m[1])
-            if pid != self.pid:
-                st = _stat(pid)
-                if st is not None:
-                    # a child that existed before the block started counts from what it had then
-                    self._child_start.setdefault(pid, st[1] if self._initial else 0.0)
-                    self._child_cpu[pid] = st[1]
-        if not _HAS_PROC:
+    def _memory_sample(self) -> None:
+        now = time.monotonic()
+        if _HAS_PROC:
+            if now - self._scanned >= self.rescan:
+                self._pids = descendants(self.pid)
+                self._scanned = now
+            total, kinds = 0, set()
+            for pid in [self.pid, *self._pids]:
+                m = _memory(pid)
+                if m is not None:
+                    total += m[0]
+                    kinds.add(m[1])
+            if kinds:
+                self.memory_kind = "pss" if kinds == {"pss"} else "rss"
+        else:
             try:
                 import psutil
                 me = psutil.Process()
                 total = sum(p.memory_info().rss for p in [me, *me.children(recursive=True)])
-                kinds.add("rss")
+                self.memory_kind = "rss"
             except Exception:
                 import resource
                 total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        if kinds:
-            self.memory_kind = "pss" if kinds == {"pss"} else "rss"
         self.peak_bytes = max(self.peak_bytes, total)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self._sample()
+            self._memory_sample()
+
+    def _live_children_cpu(self) -> dict[int, float]:
+        out = {}
+        for pid in (descendants(self.pid) if _HAS_PROC else []):
+            st = _stat(pid)
+            if st is not None:
+                out[pid] = st[1]
+        return out
 
     def __enter__(self) -> "TreeMonitor":
-        self._initial = True
-        self._sample()
-        self._initial = False
+        self._children0 = self._live_children_cpu()
+        self._reaped0 = _reaped_children_cpu()
+        self._memory_sample()
         self._t0 = time.perf_counter()
         self._cpu0 = time.process_time()
         self._machine0 = machine_busy_seconds()
@@ -142,13 +158,17 @@ class TreeMonitor:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._sample()
         self.wall_seconds = time.perf_counter() - self._t0
         own = time.process_time() - self._cpu0
-        children = sum(self._child_cpu[p] - self._child_start.get(p, 0.0) for p in self._child_cpu)
-        self.cpu_seconds = own + children
+        live = self._live_children_cpu()
+        alive = sum(c - self._children0.get(pid, 0.0) for pid, c in live.items())
+        # children that were there at the start and have since been reaped: RUSAGE_CHILDREN holds their
+        # whole lifetime, of which the part before the block is not ours to count
+        before_gone = sum(c for pid, c in self._children0.items() if pid not in live)
+        reaped = _reaped_children_cpu() - self._reaped0 - before_gone
+        self.cpu_seconds = own + alive + max(reaped, 0.0)
+        self._memory_sample()
         m1 = machine_busy_seconds()
-        self.other_cores_busy = None
         if m1 is not None and self._machine0 is not None and self.wall_seconds > 0:
             self.other_cores_busy = max(0.0, (m1 - self._machine0 - self.cpu_seconds) / self.wall_seconds)
 

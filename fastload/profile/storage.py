@@ -143,7 +143,7 @@ class FileRecords:
 
 # -- probes -------------------------------------------------------------------------------------------
 def read_sequential(paths: Sequence[str | os.PathLike], max_bytes: int, max_seconds: float,
-                    min_seconds: float = 0.0) -> dict:
+                    min_seconds: float = 0.0, charge: Callable[[int], None] | None = None) -> dict:
     """Read the files front to back in 4 MiB chunks until ``max_bytes`` or ``max_seconds``; with
     ``min_seconds``, start over until at least that long has passed (warm cache: small datasets)."""
     buf = bytearray(CHUNK)
@@ -157,6 +157,8 @@ def read_sequential(paths: Sequence[str | os.PathLike], max_bytes: int, max_seco
                     if not n:
                         break
                     done += n
+                    if charge is not None:
+                        charge(n)
                     if done >= limit or time.perf_counter() - t0 >= max_seconds:
                         break
             if done >= limit or time.perf_counter() - t0 >= max_seconds:
@@ -190,11 +192,13 @@ def read_random(source: Any, indices: Sequence[int], max_seconds: float, min_sec
 
 def probe_storage(paths: Sequence[str | os.PathLike], make_source: Callable[[], Any], cold: bool = True,
                   seconds: float = 2.0, max_bytes: int = 512 << 20, max_records: int = 4000, seed: int = 0,
-                  log: Callable[[str], None] = lambda s: None) -> dict:
+                  log: Callable[[str], None] = lambda s: None,
+                  charge: Callable[[int], None] | None = None) -> dict:
     """Sequential and random read throughput of a dataset's files, cold (if ``cold`` and possible) then warm.
 
     ``make_source()`` opens a fresh record source (:class:`DatasetRecords` or :class:`FileRecords`); it is
-    closed before each eviction so that none of its pages stay mapped.
+    closed before each eviction so that none of its pages stay mapped. ``charge(nbytes)``, if given, is
+    called for every chunk the sequential pass reads (a simulated device's cost, see :class:`ThrottledReader`).
     """
     paths = [str(p) for p in paths]
     total = sum(os.path.getsize(p) for p in paths)
@@ -218,13 +222,14 @@ def probe_storage(paths: Sequence[str | os.PathLike], make_source: Callable[[], 
                                           "POSIX_FADV_DONTNEED (tmpfs, or mapped by another process)"}
                 continue
             res["resident_after_evict"] = left
-            res["sequential"] = read_sequential(paths, max_bytes, seconds)
+            res["sequential"] = read_sequential(paths, max_bytes, seconds, charge=charge)
             left = evict(paths)
             res["resident_before_random"] = left
         else:
             # warm: make sure what we read is cached (read it once), then measure
             read_sequential(paths, max_bytes, seconds * 2)
-            res["sequential"] = read_sequential(paths, max_bytes, seconds, min_seconds=min(0.3, seconds))
+            res["sequential"] = read_sequential(paths, max_bytes, seconds, min_seconds=min(0.3, seconds),
+                                                charge=charge)
         src = make_source()
         try:
             if case == "warm":   # page in the records the random probe will read
@@ -288,17 +293,20 @@ class ThrottledReader:
             self._pid = os.getpid()
         return self._fd
 
+    def charge(self, nbytes: int) -> None:
+        """Occupy the simulated device for one read of ``nbytes``."""
+        delay = self.latency_ms / 1e3 + nbytes / (self.mb_per_s * 1e6)
+        fd = self._lock_fd()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            time.sleep(delay)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
     def get(self, index: int, field: str) -> Any:
         value = self.inner.get(index, field)
         if isinstance(value, (memoryview, bytes, bytearray, np.ndarray)):
-            nbytes = value.nbytes if not isinstance(value, (bytes, bytearray)) else len(value)
-            delay = self.latency_ms / 1e3 + nbytes / (self.mb_per_s * 1e6)
-            fd = self._lock_fd()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                time.sleep(delay)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            self.charge(value.nbytes if not isinstance(value, (bytes, bytearray)) else len(value))
         return value
 
     def close(self) -> None:

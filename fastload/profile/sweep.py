@@ -38,6 +38,13 @@ def batch_nbytes(batch: Any) -> int:
                for leaf in _leaves(batch))
 
 
+def build_quietly(make_loader: Callable[[int, int | None], Iterable], workers: int, prefetch: int | None):
+    """Build a loader without torch's "more workers than cores" warning: the sweep tries that on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*worker processes in total.*")
+        return make_loader(workers, prefetch)
+
+
 def shutdown(it: Any) -> None:
     """Stop an iterator's workers now (torch's and fastload's iterators), rather than at garbage collection."""
     stop = getattr(it, "_shutdown_workers", None)
@@ -162,7 +169,7 @@ def sweep(make_loader: Callable[[int, int | None], Iterable], workers: Sequence[
     base = prefetch[0] if prefetch else 2
     for w in workers:
         p = base if w > 0 else None
-        r = run_loader(make_loader(w, p), seconds, workers=w)
+        r = run_loader(build_quietly(make_loader, w, p), seconds, workers=w)
         r["prefetch"] = p
         points.append(r)
         log(f"loader workers={w} prefetch={p}: {r['samples_s']:,.0f} samples/s, first batch "
@@ -170,7 +177,7 @@ def sweep(make_loader: Callable[[int, int | None], Iterable], workers: Sequence[
     best = max((q for q in points if q["workers"]), key=lambda q: q["samples_s"], default=None)
     if best is not None:
         for p in prefetch[1:]:
-            r = run_loader(make_loader(best["workers"], p), seconds, workers=best["workers"])
+            r = run_loader(build_quietly(make_loader, best["workers"], p), seconds, workers=best["workers"])
             r["prefetch"] = p
             points.append(r)
             log(f"loader workers={best['workers']} prefetch={p}: {r['samples_s']:,.0f} samples/s")

@@ -52,6 +52,10 @@ class Target:
     def storage(self) -> tuple[list[str], Callable[[], Any]] | None:
         return None
 
+    def storage_charge(self) -> Callable[[int], None] | None:
+        """A simulated device's per-read cost for the sequential pass (None: real storage)."""
+        return None
+
     def cpu(self, seconds: float, log: Callable[[str], None]) -> dict | None:
         return None
 
@@ -146,6 +150,9 @@ class DatasetTarget(Target):
         paths = [str(p) for p in self.reader.shard_paths]
         reader = self.reader
         return paths, lambda: DatasetRecords(pickle.loads(pickle.dumps(reader)))   # a fresh, unmapped reader
+
+    def storage_charge(self):
+        return getattr(self.reader, "charge", None)
 
     def cpu(self, seconds: float, log) -> dict:
         st = ShardDatasetStages(self.ds, self.seed)
@@ -363,7 +370,8 @@ class IterableTarget(Target):
         self.kind = f"{type(iterable).__module__}.{type(iterable).__name__}"
 
     def info(self) -> dict:
-        return {"kind": self.kind, "repr": repr(self.it)[:200]}
+        text = " ".join(repr(self.it).split())
+        return {"kind": self.kind, "repr": text if len(text) <= 80 else text[:77] + "..."}
 
     def stall_loader(self, best: dict | None):
         return self.it

@@ -20,10 +20,11 @@ _REQUIRED = {"name": str, "ph": str, "pid": int, "tid": int}
 
 
 def _where(who: int) -> tuple[int, int]:
-    """(pid, tid) of a span's owner: worker ``w`` >= 0, -1 the main thread, -2 the copy thread."""
+    """(pid, tid) of a span's owner: worker ``w`` >= 0, -1 the main thread, -2 the copy thread, -3 the
+    profiler's own track (which run is which)."""
     if who >= 0:
         return WORKER_PID0 + who, 1
-    return MAIN_PID, 1 if who == -1 else 2
+    return MAIN_PID, {-1: 1, -2: 2}.get(who, 3)
 
 
 def chrome_trace(spans: Iterable[tuple[str, int, float, float]], meta: dict | None = None) -> dict:
@@ -42,11 +43,11 @@ def chrome_trace(spans: Iterable[tuple[str, int, float, float]], meta: dict | No
                 events.append({"name": "process_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": pname}})
                 events.append({"name": "process_sort_index", "ph": "M", "pid": pid, "tid": tid,
                                "args": {"sort_index": pid}})
-            tname = {-1: "training loop", -2: "copy thread"}.get(w, f"worker {w}")
+            tname = {-1: "training loop", -2: "copy thread", -3: "profile runs"}.get(w, f"worker {w}")
             events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": tname}})
         for name, w, s, d in sorted(spans, key=lambda x: (x[2], -x[3])):
             pid, tid = _where(w)
-            events.append({"name": name, "cat": "main" if w < 0 else "worker", "ph": "X",
+            events.append({"name": name, "cat": "profile" if w == -3 else "main" if w < 0 else "worker", "ph": "X",
                            "ts": round((s - t0) * 1e6, 3), "dur": round(max(d, 0.0) * 1e6, 3),
                            "pid": pid, "tid": tid})
     out: dict = {"traceEvents": events, "displayTimeUnit": "ms"}

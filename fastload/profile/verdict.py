@@ -124,7 +124,7 @@ def decide(report: dict) -> dict:
 
     if stall.get("demand_s") and stall.get("stall_pct", 100) < STALL_OK:
         v.update(bound="model", resource="model")
-        _model(report, c, stall, supply, v)
+        _model(report, c, stall, c.get("loader", {}).get("samples_s"), v)   # the loader alone, if swept
         return v
 
     resources = {k: c[k] for k in ("storage", "cpu", "transfer") if k in c}
@@ -138,6 +138,7 @@ def decide(report: dict) -> dict:
                              f"the loader was measured; the CPU ceiling left for this pipeline is "
                              f"{_f(resources['cpu']['samples_s'])}/s")
         v["background_cores"] = others
+        c["cpu"] = dict(resources["cpu"], nominal_samples_s=cc["samples_s"])
     if "storage" in resources and supply and supply > 1.1 * resources["storage"]["samples_s"]:
         set_aside.append(f"storage ceiling ({_f(resources['storage']['samples_s'])}/s, one reader) is a lower "
                          f"bound: the loader read faster ({_f(supply)}/s) with parallel reads")
@@ -257,8 +258,8 @@ def _cpu(report, c, lim, supply, top, v) -> None:
                      + (f"; {what}." if what else ".") + _next_txt(v))
     best = best_point(report)
     cores = lim["cores"]
-    if best is not None and best["workers"] < cores:
-        v["actions"].append(f"num_workers={cores}: the best run used {best['workers']} of {cores} cores.")
+    if best is not None and best["workers"] < cores and not v.get("background_cores"):
+        v["actions"].append(f"num_workers={cores}: the best run had {best['workers']} workers for {cores} cores.")
     cmp_ = report.get("compare")
     if cmp_:
         v["actions"].append(f"Convert to fastload shards (`fastload convert SRC DST`): fastload's fused ops cost "
@@ -355,7 +356,10 @@ def _loader(report, c, name, lim, supply, v) -> None:
                      if best else f"Loader-bound: {_f(supply)} samples/s, well under {name}'s {_f(lim['samples_s'])}/s.")
     if best:
         most = max(p["workers"] for p in pts)
-        if best["workers"] == most:
+        cores = (report.get("machine") or {}).get("cores") or 1
+        if most < cores:
+            v["actions"].append(f"Try more workers: the sweep stopped at {most}, this machine has {cores} cores.")
+        elif best["workers"] == most:
             v["actions"].append(f"More workers: throughput was still highest at the most tried ({most}).")
         busy = best.get("workers_busy")
         if busy is not None and busy < 0.7:

@@ -1,0 +1,229 @@
+"""``fastload.profile``: each bottleneck built for real, and the verdict checked against it.
+
+* storage-bound: the dataset read through a simulated 1 MB/s device shared by every worker process;
+* decode-bound: 1600x1200 JPEGs decoded at full size (no DCT downscale), then more ops;
+* transfer-bound: a simulated (labelled so) host-to-device copy at 5 MB/s;
+* model-bound: a slow training step, data stall near 0%;
+plus the ImageFolder comparison, a torch DataLoader, a plain iterable, Ctrl-C, the trace, the plot, the CLI.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastload
+from fastload import ops
+from fastload.demo_data import make_photo_imagefolder
+from fastload.profile import ProfileReport, validate_trace
+from fastload.profile import profile as run_profile
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"image": [ops.DecodeRandomResizedCrop(64), ops.RandomHorizontalFlip()]}
+FAST = dict(seconds=0.6, cold=False, progress=False, prefetch=[2])
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory) -> Path:
+    return make_photo_imagefolder(tmp_path_factory.mktemp("prof_small"), images_per_class=6, size=(160, 120))
+
+
+@pytest.fixture(scope="module")
+def small_ds(small_folder, tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("prof_small_ds") / "ds"
+    fastload.convert(small_folder, dst, workers=0, progress=False, print_summary=False)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def big_ds(tmp_path_factory) -> Path:
+    src = make_photo_imagefolder(tmp_path_factory.mktemp("prof_big"), images_per_class=4, classes=3,
+                                 size=(1600, 1200), quality=95)
+    dst = tmp_path_factory.mktemp("prof_big_ds") / "ds"
+    fastload.convert(src, dst, workers=0, progress=False, print_summary=False)
+    return dst
+
+
+def _ceil(rep: ProfileReport, name: str) -> float:
+    return rep.verdict["ceilings"][name]["samples_s"]
+
+
+def test_storage_bound_through_a_slow_shared_device(small_ds):
+    ds = fastload.ShardDataset(small_ds, transforms=SMALL)
+    rep = run_profile(ds, simulate_storage_mb_s=1.0, batch_size=8, workers=[1, 2], steps=0, **FAST)
+    v = rep.verdict
+    assert v["bound"] == "storage", rep.text()
+    assert v["headline"].startswith("Storage-bound")
+    storage, cpu, loader = _ceil(rep, "storage"), _ceil(rep, "cpu"), _ceil(rep, "loader")
+    # one simulated device for all processes: two workers cannot read faster than the device
+    assert loader <= 1.3 * storage, rep.text()
+    assert storage < 0.2 * cpu
+    assert any("Faster storage" in a for a in v["actions"])
+    assert "SIMULATED slow storage" in rep.text()
+    # the probe went through the same simulated device (sequential reads too)
+    assert rep["storage"]["warm"]["sequential"]["mb_s"] < 1.5
+    assert not isinstance(ds.reader, fastload.profile.ThrottledReader)   # the caller's dataset is untouched
+
+
+def test_decode_bound_on_big_jpegs(big_ds, tmp_path):
+    # reducing_gap=8 keeps the JPEG decode at full size: ~15 ms of CPU per 1600x1200 image
+    heavy = {"image": [ops.DecodeRandomResizedCrop(128, scale=(0.6, 1.0), reducing_gap=8),
+                       ops.RandomHorizontalFlip(), ops.CenterCrop(112)]}
+    ds = fastload.ShardDataset(big_ds, transforms=heavy)
+    rep = run_profile(ds, batch_size=4, workers=[0, 2], steps=6, out=tmp_path / "out", **FAST)
+    v = rep.verdict
+    assert v["resource"] == "cpu" and v["bound"] == "decode", rep.text()
+    stages = rep["cpu"]["stages"]
+    top = max(stages, key=lambda s: s["cpu_ms"])
+    assert top["name"] == "decode+random-resized-crop" and top["share"] > 0.7
+    assert [s["name"] for s in stages][-2:] == ["augment: CenterCrop(size=(112, 112))",
+                                                "collate (in place; labels from the index)"]
+    # the loader is near what the cores allow, and storage is far above
+    assert _ceil(rep, "loader") >= 0.5 * _ceil(rep, "cpu")
+    assert _ceil(rep, "storage") > 5 * _ceil(rep, "cpu")
+    # the --max-side suggestion is measured, and it does help
+    wi = rep["cpu"]["what_if_max_side"]
+    assert wi["max_side"] == 256 and wi["cpu_ms_after"] < 0.5 * wi["cpu_ms_before"]
+    assert any("--max-side 256" in a for a in v["actions"])
+    # the workers and the main process are in the trace, on one timeline
+    trace = json.loads((tmp_path / "out" / "trace.json").read_text())
+    assert validate_trace(trace) == []
+    xs = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    worker_pids = {e["pid"] for e in xs if e["name"] == "read+decode+augment"}
+    assert len(worker_pids) == 2
+    assert {"wait-for-data", "step", "wait-for-batch"} <= {e["name"] for e in xs if e["pid"] == 1}
+    names = {e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "process_name"}
+    assert {"main process", "worker 0", "worker 1"} <= names
+
+
+def test_transfer_bound_simulated_and_labelled(small_ds):
+    ds = fastload.ShardDataset(small_ds, transforms=SMALL)
+    rep = run_profile(ds, transfer_gbps=0.005, batch_size=16, workers=[1], steps=12, **FAST)
+    v = rep.verdict
+    assert v["bound"] == "transfer", rep.text()
+    assert "SIMULATED" in v["headline"] and "no GPU" in v["headline"]
+    assert rep.verdict["ceilings"]["transfer"]["simulated"] is True
+    copy = rep["stall"]["copy"]
+    assert copy["simulated"] and 0.003 < copy["gb_s"] < 0.0055
+    # the step received what the copy allows: ~12 KB per sample at 5 MB/s is ~400 samples/s
+    assert rep["stall"]["samples_s"] <= 1.25 * _ceil(rep, "transfer")
+    assert _ceil(rep, "transfer") < 0.3 * _ceil(rep, "cpu")
+    text = rep.text()
+    assert "no CUDA" in text and "SIMULATED copy" in text
+    assert any("simulated copy rate" in a for a in v["actions"])
+
+
+def test_model_bound_slow_step_has_no_stall(small_ds):
+    ds = fastload.ShardDataset(small_ds, transforms=SMALL)
+    rep = run_profile(ds, step_time=0.08, batch_size=8, workers=[1], steps=6, **FAST)
+    v = rep.verdict
+    assert v["bound"] == "model", rep.text()
+    assert rep["stall"]["stall_pct"] < 5
+    assert rep["stall"]["simulated_step"] is True
+    assert v["factor"] > 3                       # the loader could feed a much faster model
+    assert "(simulated)" in v["headline"]
+
+
+def test_imagefolder_is_compared_with_fastload_ops(small_folder, tmp_path):
+    rep = run_profile(small_folder, batch_size=8, size=64, workers=[0], steps=0, out=tmp_path, **FAST)
+    assert rep["target"]["kind"].startswith("ImageFolder")
+    names = [s["name"] for s in rep["cpu"]["stages"]]
+    assert names == ["read", "decode (PIL)", "augment: RandomResizedCrop(64)", "augment: RandomHorizontalFlip(p=0.5)",
+                     "convert: ToTensor()", "normalize: Normalize(imagenet)", "collate"]
+    cmp_ = rep["compare"]
+    assert cmp_["gain"] > 1.0 and cmp_["fastload_ceiling_s"] > cmp_["pil_ceiling_s"]
+    assert "through fastload's fused ops" in rep.text()
+    if rep.verdict["resource"] == "cpu":
+        assert any("fastload convert" in a for a in rep.verdict["actions"])
+    assert rep["sweep"]["points"][0]["dtypes"] == ["float32", "int64"]
+
+
+def test_torch_dataloader_with_a_real_step(small_folder):
+    from fastload.profile.imagefolder import PILImageFolder, classic_train_transform
+    loader = torch.utils.data.DataLoader(PILImageFolder(small_folder, classic_train_transform(48)), batch_size=6,
+                                         shuffle=True)
+    seen = []
+
+    def train_step(batch):
+        images, labels = batch
+        seen.append(images.shape)
+        time.sleep(0.05)
+    rep = fastload.profile.profile(loader, steps=5, step=train_step, workers=[0, 1], **FAST)
+    assert rep["stall"]["step"] == "train_step(batch)" and rep["stall"]["simulated_step"] is False
+    assert seen and all(s == (6, 3, 48, 48) for s in seen) and len(seen) == 6      # first batch + 5 steps
+    assert rep["storage"]["files"] == 60                                               # the dataset's files
+    assert {s["kind"] for s in rep["cpu"]["stages"]} == {"read", "decode", "augment", "convert", "normalize",
+                                                         "collate"}
+    assert [p["workers"] for p in rep["sweep"]["points"]] == [0, 1]
+    assert rep.verdict["bound"] in ("model", "decode", "augment", "loader")
+
+
+def test_plain_iterable_and_callable_package():
+    batches = [torch.zeros(4, 3)] * 10
+    rep = fastload.profile(batches, steps=5, step_time=0.01, progress=False)    # the package itself is callable
+    assert rep.verdict["bound"] == "model"
+    assert rep["sweep"]["skipped"] and rep["cpu"]["skipped"]
+    assert "Model-bound" in rep.text()
+
+
+def test_ctrl_c_in_the_stall_run_gives_a_partial_report(small_ds):
+    ds = fastload.ShardDataset(small_ds, transforms=SMALL)
+    calls = []
+
+    def step(batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+    rep = run_profile(ds, step=step, batch_size=8, workers=[1], steps=50, **FAST)
+    assert rep["partial"] and rep["interrupted_in"] == "stall"
+    assert rep["sweep"]["points"] and rep.verdict["bound"]   # what was measured is kept and judged
+    assert "PARTIAL" in rep.text()
+
+
+def test_cli_ctrl_c_prints_the_partial_report(small_ds, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "fastload.profile", str(small_ds), "--out", str(tmp_path),
+                             "--size", "64", "--batch-size", "8", "--workers", "0,1,2,1,2", "--seconds", "3",
+                             "--no-cold", "--no-plot"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    err = ""
+    while time.monotonic() < deadline:          # wait until the sweep is running
+        line = proc.stderr.readline()
+        err += line
+        if "loader workers=0" in line or not line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err + rest
+    assert "PARTIAL" in out and "interrupted during sweep" in out
+    assert "VERDICT" in out
+    assert (tmp_path / "report.json").exists() and json.loads((tmp_path / "report.json").read_text())["partial"]
+
+
+def test_cli_json_files_and_plot(small_ds, tmp_path, capsys):
+    import argparse
+    from fastload.profile.cli import add_parser, run
+    parser = argparse.ArgumentParser(prog="fastload")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["profile", str(small_ds), "--json", "--out", str(tmp_path / "p"), "--size", "64",
+                              "--batch-size", "8", "--workers", "0,1", "--prefetch", "2", "--seconds", "0.5",
+                              "--steps", "4", "--step-ms", "5", "-q"])
+    assert args.func(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verdict"]["bound"] and report["stall"]["steps"] == 4
+    assert report["storage"]["cold"]     # measured, or skipped with the reason
+    for name in ("report.txt", "report.json", "trace.json"):
+        assert (tmp_path / "p" / name).stat().st_size > 0
+    assert validate_trace(json.loads((tmp_path / "p" / "trace.json").read_text())) == []
+    pytest.importorskip("matplotlib")
+    png = (tmp_path / "p" / "profile.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert run is args.func

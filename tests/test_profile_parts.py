@@ -1,0 +1,174 @@
+"""The profiler's parts on their own: storage probes and page-cache eviction, the simulated device, the
+process-tree monitor, the trace format, the knee, and the verdict rules on hand-made measurements."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+
+import numpy as np
+import pytest
+
+from fastload.profile import chrome_trace, validate_trace
+from fastload.profile.resources import TreeMonitor
+from fastload.profile.storage import FileRecords, ThrottledReader, evict, page_residency, probe_storage
+from fastload.profile.sweep import knee
+from fastload.profile.verdict import decide
+
+
+def test_cold_probe_really_evicts_or_says_why(tmp_path):
+    files = []
+    for k in range(4):
+        p = tmp_path / f"f{k}.bin"
+        p.write_bytes(os.urandom(2 << 20))
+        files.append(str(p))
+    rep = probe_storage(files, lambda: FileRecords(files), cold=True, seconds=0.3)
+    assert rep["bytes"] == 8 << 20
+    cold = rep["cold"]
+    if "skipped" in cold:
+        assert "page cache" in cold["skipped"]          # e.g. tmpfs: honest about it
+    else:
+        assert cold["resident_after_evict"] <= 0.5
+        assert cold["random"]["records"] == 4 and cold["sequential"]["bytes"] == 8 << 20
+    assert rep["warm"]["random"]["records_s"] > 0
+    res = page_residency(files)
+    assert res is None or res > 0.9                      # the warm pass left them cached
+
+
+def test_evict_reports_residency(tmp_path):
+    p = tmp_path / "x.bin"
+    p.write_bytes(os.urandom(1 << 20))
+    left = evict([str(p)])
+    assert left is None or 0.0 <= left <= 1.0
+
+
+class _Bytes:
+    """A stand-in reader: every record is 100 KB."""
+    schema = {}
+
+    def __init__(self):
+        self.buf = np.zeros(100_000, np.uint8)
+
+    def __len__(self):
+        return 100
+
+    def get(self, i, field):
+        return memoryview(self.buf)
+
+    def close(self):
+        pass
+
+
+def _read_n(reader, n, q):
+    t0 = time.perf_counter()
+    for i in range(n):
+        reader.get(i, "x")
+    q.put(time.perf_counter() - t0)
+
+
+def test_throttled_reader_is_one_device_shared_by_processes():
+    r = ThrottledReader(_Bytes(), mb_per_s=20)            # 100 KB per read -> 5 ms each
+    try:
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        t0 = time.perf_counter()
+        procs = [ctx.Process(target=_read_n, args=(r, 20, q)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        wall = time.perf_counter() - t0
+        # 40 reads of 100 KB through one 20 MB/s device take >= 0.2 s, however many processes ask
+        assert wall >= 0.2
+        assert max(q.get(timeout=5) for _ in procs) >= 0.19
+    finally:
+        r.remove_lock_file()
+
+
+def _spin(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_tree_monitor_counts_child_cpu():
+    ctx = mp.get_context("fork")
+    with TreeMonitor(interval=0.02) as m:
+        p = ctx.Process(target=_spin, args=(0.5,))
+        p.start()
+        _spin(0.5)
+        p.join()
+    # this process and its child each spun ~0.5 s (the child is counted up to its last sample)
+    assert m.cpu_seconds >= 0.7
+    assert m.peak_bytes > 10 << 20
+
+
+def test_trace_format_and_validator():
+    spans = [("read+decode+augment", 0, 10.0, 0.010), ("write-to-slot", 0, 10.010, 0.001),
+             ("read+decode+augment", 1, 10.002, 0.011), ("wait-for-data", -1, 10.0, 0.012),
+             ("step", -1, 10.012, 0.005), ("copy (simulated)", -2, 10.012, 0.002), ("stall run", -3, 10.0, 0.02)]
+    t = chrome_trace(spans, {"bound": "decode"})
+    assert validate_trace(t) == []
+    json.loads(json.dumps(t))
+    xs = [e for e in t["traceEvents"] if e["ph"] == "X"]
+    assert len(xs) == len(spans)
+    assert min(e["ts"] for e in xs) == 0 and all(e["dur"] >= 0 for e in xs)
+    first = next(e for e in xs if e["name"] == "write-to-slot")
+    assert first["ts"] == pytest.approx(10_000, abs=1) and first["dur"] == pytest.approx(1000, abs=1)
+    assert {e["pid"] for e in xs} == {1, 100, 101}
+    assert {e["tid"] for e in xs if e["pid"] == 1} == {1, 2, 3}
+    # the validator catches what a viewer would reject
+    assert validate_trace({"events": []})
+    bad = {"traceEvents": [{"name": "x", "ph": "X", "ts": -1, "dur": 1, "pid": 1, "tid": 1},
+                           {"name": "y", "ph": "X", "ts": 0, "pid": "1", "tid": 1},
+                           {"name": "z", "ph": "Q", "pid": 1, "tid": 1}]}
+    assert len(validate_trace(bad)) == 4
+
+
+def test_knee_is_the_fewest_workers_near_the_best():
+    pts = [{"workers": 0, "prefetch": None, "samples_s": 100}, {"workers": 1, "prefetch": 2, "samples_s": 180},
+           {"workers": 2, "prefetch": 2, "samples_s": 330}, {"workers": 4, "prefetch": 2, "samples_s": 350}]
+    assert knee(pts)["workers"] == 2
+    assert knee([]) is None
+
+
+def _report(storage_rps=None, cpu_s=None, loader=None, demand=None, stall=None, top="decode", others=None):
+    rep: dict = {"machine": {"cores": 4, "memory_bytes": 64e9}, "target": {}}
+    if storage_rps is not None:
+        rep["storage"] = {"bytes": 1e9, "warm": {"sequential": {"mb_s": 2000},
+                                                 "random": {"records_s": storage_rps, "mb_s": storage_rps * 0.1,
+                                                            "bytes": 100_000, "records": 1}}}
+    if cpu_s is not None:
+        rep["cpu"] = {"per_sample_cpu_ms": 4e3 / cpu_s, "ceiling": {"cores": 4, "per_core": cpu_s / 4, "samples_s": cpu_s},
+                      "stages": [{"name": "read", "kind": "read", "cpu_ms": 0.01, "share": 0.01},
+                                 {"name": top, "kind": top, "cpu_ms": 4e3 / cpu_s, "share": 0.99}]}
+    if loader is not None:
+        rep["sweep"] = {"points": [{"workers": 4, "prefetch": 2, "samples_s": loader, "bytes_per_sample": 150_000,
+                                    "other_cores_busy": others}]}
+    if demand is not None:
+        rep["stall"] = {"demand_s": demand, "stall_pct": stall, "step_ms": 100, "wait_ms": 1, "batch_size": 64,
+                        "samples_s": min(demand, loader or demand)}
+    return rep
+
+
+def test_verdict_rules():
+    assert decide(_report(storage_rps=5000, cpu_s=1000, loader=950))["bound"] == "decode"
+    assert decide(_report(storage_rps=300, cpu_s=1000, loader=290))["bound"] == "storage"
+    assert decide(_report(storage_rps=5000, cpu_s=1000, loader=950, top="augment"))["bound"] == "augment"
+    assert decide(_report(storage_rps=5000, cpu_s=1000, loader=950, top="normalize"))["bound"] == "normalize"
+    # the loader far under every ceiling: the loader itself
+    v = decide(_report(storage_rps=5000, cpu_s=1000, loader=200))
+    assert v["bound"] == "loader" and v["resource"] == "loader"
+    # a one-reader storage number the loader beat is a lower bound, not the limit
+    v = decide(_report(storage_rps=300, cpu_s=1000, loader=900))
+    assert v["bound"] == "decode" and any("lower bound" in e for e in v["evidence"])
+    # a slow step: model-bound, whatever else
+    assert decide(_report(storage_rps=300, cpu_s=1000, loader=290, demand=100, stall=2.0))["bound"] == "model"
+    # a fast step with a big stall: the data side is named, and by how much the step is starved
+    v = decide(_report(storage_rps=5000, cpu_s=1000, loader=950, demand=3000, stall=68.0))
+    assert v["bound"] == "decode" and v["demand_over_supply"] == pytest.approx(3000 / 950)
+    assert v["factor"] == pytest.approx(5.0)
+    # other processes eating cores shrink the CPU ceiling the pipeline can reach
+    v = decide(_report(storage_rps=5000, cpu_s=1000, loader=480, others=2.0))
+    assert v["bound"] == "decode" and v["ceilings"]["cpu"]["samples_s"] == pytest.approx(500)
