@@ -96,8 +96,8 @@ def test_decode_bound_on_big_jpegs(big_ds, tmp_path):
     trace = json.loads((tmp_path / "out" / "trace.json").read_text())
     assert validate_trace(trace) == []
     xs = [e for e in trace["traceEvents"] if e["ph"] == "X"]
-    worker_pids = {e["pid"] for e in xs if e["name"] == "read+decode+augment"}
-    assert len(worker_pids) == 2
+    worker_pids = {e["pid"] for e in xs if e["name"] == "read+decode+augment" and e["pid"] >= 100}
+    assert worker_pids == {100, 101}                  # the 2-worker run, whichever run was best
     assert {"wait-for-data", "step", "wait-for-batch"} <= {e["name"] for e in xs if e["pid"] == 1}
     names = {e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "process_name"}
     assert {"main process", "worker 0", "worker 1"} <= names

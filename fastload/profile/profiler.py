@@ -40,12 +40,9 @@ def machine_info() -> dict:
                     avail = int(v.split()[0]) * 1024
     except (OSError, ValueError):
         pass
-    cuda = None
-    if cuda_available():
-        import torch
-        cuda = torch.cuda.get_device_name()
     import torch
     from fastload import __version__
+    cuda = torch.cuda.get_device_name() if cuda_available() else None
     return {"cpu": cpu, "cores": usable_cores(), "cpu_count": os.cpu_count(), "memory_bytes": mem,
             "memory_available_bytes": avail, "cuda": cuda, "python": sys.version.split()[0],
             "torch": torch.__version__, "fastload": __version__, "platform": platform.platform()}

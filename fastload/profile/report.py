@@ -272,7 +272,7 @@ class ProfileReport(dict):
         if c:
             L.append("CEILINGS samples/s each stage could sustain alone")
             for k, x in sorted(c.items(), key=lambda kv: kv[1]["samples_s"]):
-                mark = "  <- bound" if k == v.get("resource") or (k == "cpu" and v.get("resource") == "cpu") else ""
+                mark = "  <- bound" if k == {"model": "step"}.get(v.get("resource"), v.get("resource")) else ""
                 sim = " SIMULATED" if x.get("simulated") else ""
                 L.append(f"  {k:<10}{_f(x['samples_s']):>12}  {x['basis']}{sim}{mark}")
         L.append("")

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 from .sweep import attach_stats, batch_samples, shutdown
 
 MAIN, COPY = 0, 1   # thread ids in the trace
+_END = object()     # the copy thread's "no more batches"
 
 
 class _Epochs:
@@ -32,6 +33,7 @@ class _Epochs:
         self.epochs = 0
 
     def next(self) -> Any:
+        """The next batch; StopIteration when a fresh epoch gives none (an exhausted generator, say)."""
         for _ in range(2):
             if self.it is None:
                 self.it = iter(self.loader)
@@ -41,7 +43,7 @@ class _Epochs:
             except StopIteration:
                 shutdown(self.it)
                 self.it = None
-        raise RuntimeError("the loader gave no batch")
+        raise StopIteration
 
     def close(self) -> None:
         if self.it is not None:
@@ -95,7 +97,11 @@ def run_steps(loader: Iterable, steps: int, step: Callable | None = None, step_t
                 if stop.is_set():
                     return
                 t0 = time.perf_counter()
-                batch = src.next()
+                try:
+                    batch = src.next()
+                except StopIteration:
+                    q.put(_END)
+                    return
                 t1 = time.perf_counter()
                 spans.append(("wait-for-loader", COPY, t0, t1 - t0))
                 batch = copy(batch)
@@ -120,11 +126,16 @@ def run_steps(loader: Iterable, steps: int, step: Callable | None = None, step_t
                 t0 = time.perf_counter()
                 if copy is not None:
                     batch = q.get()
+                    if batch is _END:
+                        break
                     if isinstance(batch, BaseException):
                         raise batch
                     token.release()
                 else:
-                    batch = src.next()
+                    try:
+                        batch = src.next()
+                    except StopIteration:
+                        break         # a finite iterable ran out: report the steps it gave
                 t1 = time.perf_counter()
                 spans.append(("wait-for-data", MAIN, t0, t1 - t0))
                 stepper(batch)
@@ -146,7 +157,7 @@ def run_steps(loader: Iterable, steps: int, step: Callable | None = None, step_t
         stop.set()
         token.release()
         if thread is not None:
-            thread.join(timeout=30)
+            thread.join(timeout=10)
         src.close()
         restore()
     t_end = time.perf_counter()

@@ -172,8 +172,10 @@ def sweep(make_loader: Callable[[int, int | None], Iterable], workers: Sequence[
         r = run_loader(build_quietly(make_loader, w, p), seconds, workers=w)
         r["prefetch"] = p
         points.append(r)
-        log(f"loader workers={w} prefetch={p}: {r['samples_s']:,.0f} samples/s, first batch "
-            f"{r['first_batch_s']}s, {r['cores_busy']:.1f} cores busy")
+        fb = f"{r['first_batch_s']:.2f} s" if r.get("first_batch_s") is not None else "-"
+        log(f"loader workers={w} prefetch={p}: {r['samples_s']:,.0f} samples/s, first batch {fb}, "
+            f"{r['cores_busy']:.1f} cores busy" + (f" (other processes: {r['other_cores_busy']:.1f})"
+                                                  if r.get("other_cores_busy") else ""))
     best = max((q for q in points if q["workers"]), key=lambda q: q["samples_s"], default=None)
     if best is not None:
         for p in prefetch[1:]:

@@ -386,13 +386,13 @@ def resolve(target: Any, batch_size: int = 128, size: int = 224, transforms: dic
         from fastload.formats.manifest import MANIFEST
         if (p / MANIFEST).is_file() or (p.name == MANIFEST and p.is_file()):
             from fastload.dataset import ShardDataset
+            from fastload.formats import read_manifest
             from fastload.ops import DecodeRandomResizedCrop, RandomHorizontalFlip
-            ds = ShardDataset(p, transforms=transforms)
-            if transforms is None:
-                img = [f for f, k in ds.kinds.items() if k == "image"]
-                ds = ShardDataset(p, transforms={f: [DecodeRandomResizedCrop(size), RandomHorizontalFlip()]
-                                                 for f in img})
-            target = ds
+            if transforms is None:      # the standard training pipeline on every image field
+                schema = read_manifest(p if p.is_dir() else p.parent).schema
+                transforms = {f: [DecodeRandomResizedCrop(size), RandomHorizontalFlip()]
+                              for f, field in schema.items() if field.kind == "image"}
+            target = ShardDataset(p, transforms=transforms)
         else:
             from .imagefolder import is_imagefolder
             if not is_imagefolder(p):
