@@ -120,6 +120,19 @@ def test_transfer_bound_simulated_and_labelled(small_ds):
     assert any("simulated copy rate" in a for a in v["actions"])
 
 
+def test_copy_overlap_is_split_from_the_loader_wait(small_ds):
+    ds = fastload.ShardDataset(small_ds, transforms=SMALL)
+    quick = dict(batch_size=16, steps=10, transfer_gbps=0.005, sweep=False, cpu=False, storage=False, progress=False)
+    # a 40 ms copy behind a 60 ms step is hidden; behind a 20 ms step, about 20 ms of it shows
+    hidden = run_profile(ds, step_time=0.06, **quick)
+    assert hidden.bound == "model" and hidden["stall"]["copy"]["hidden_pct"] > 85
+    shown = run_profile(ds, step_time=0.02, **quick)
+    c = shown["stall"]["copy"]
+    assert shown.bound == "transfer", shown.text()
+    assert 12 < c["exposed_ms_per_step"] < 32 and c["loader_wait_ms_per_step"] < 8
+    assert 20 < c["hidden_pct"] < 70 and 35 < shown["stall"]["stall_pct"] < 70
+
+
 def test_model_bound_slow_step_has_no_stall(small_ds):
     ds = fastload.ShardDataset(small_ds, transforms=SMALL)
     rep = run_profile(ds, step_time=0.08, batch_size=8, workers=[1], steps=6, **FAST)

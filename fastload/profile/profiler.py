@@ -168,8 +168,6 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
             res = run_steps(loader, steps, step=step, step_time=step_time, rate=target_rate, copy=copy,
                             on_step=tick)
             res["loader"] = desc
-            if bps and "bytes_per_sample" not in res:
-                res["bytes_per_sample"] = bps
             rep["_spans"] = res.pop("_spans", [])
             rep["stall"] = res
             if res.get("steps"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ class ProfileReport(dict):
             desc.append(f"{t['record_kb']:,.1f} KB/record")
         L.append("  target    " + ", ".join(d for d in desc if d))
         for f, p in (t.get("pipeline") or {}).items():
-            L.append(f"  pipeline  {f}: {p}")
+            L.extend(textwrap.wrap(f"  pipeline  {f}: {p}", width, subsequent_indent=" " * 12))
         if t.get("batch_size"):
             L.append(f"  batch     {t['batch_size']}" + (f", user's num_workers={t['num_workers']}"
                                                          if "num_workers" in t else ""))
@@ -172,7 +173,8 @@ class ProfileReport(dict):
                      f"{ds['pil_fallback']} PIL fallbacks")
         cmp_ = c.get("compare")
         if cmp_:
-            L.append(f"  the same files through fastload's fused ops ({cmp_['fastload_pipeline']}):")
+            L.extend(textwrap.wrap(f"  the same files through fastload's fused ops ({cmp_['fastload_pipeline']}):",
+                                   100, subsequent_indent="    "))
             self._stage_table(L, cmp_["fastload_stages"])
             L.append(f"  fused: {cmp_['fastload_cpu_ms']:.2f} ms CPU per sample -> {_f(cmp_['fastload_ceiling_s'])}/s "
                      f"on {ce['cores']} cores: {cmp_['gain']:.1f}x the PIL pipeline's {_f(cmp_['pil_ceiling_s'])}/s")
@@ -258,12 +260,14 @@ class ProfileReport(dict):
         cp = s.get("copy")
         if cp:
             sim = "SIMULATED " if cp["simulated"] else ""
-            L.append(f"  {sim}copy: {cp['ms_per_batch']:.2f} ms per batch ({cp['gb_s']:.3g} GB/s); "
-                     f"{cp['hidden_pct']:.0f}% hidden behind the step; per step the wait was "
-                     f"{cp['exposed_ms_per_step']:.2f} ms on the copy + {cp['loader_wait_ms_per_step']:.2f} ms on the loader")
+            line = f"  {sim}copy: {cp['ms_per_batch']:.2f} ms per batch ({cp['gb_s']:.3g} GB/s)"
+            if s.get("demand_s"):
+                line += (f"; {cp['hidden_pct']:.0f}% hidden behind the step; per step the wait was "
+                         f"{cp['exposed_ms_per_step']:.2f} ms on the copy + {cp['loader_wait_ms_per_step']:.2f} ms "
+                         "on the loader")
+            L.append(line)
 
     def _verdict(self, L: list[str], width: int) -> None:
-        import textwrap
         v = self.verdict
         if not v:
             return

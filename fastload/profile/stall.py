@@ -18,7 +18,7 @@ import time
 import warnings
 from typing import Any, Callable, Iterable
 
-from .sweep import attach_stats, batch_samples, shutdown
+from .sweep import attach_stats, batch_nbytes, batch_samples, shutdown
 
 MAIN, COPY = 0, 1   # thread ids in the trace
 _END = object()     # the copy thread's "no more batches"
@@ -144,6 +144,7 @@ def run_steps(loader: Iterable, steps: int, step: Callable | None = None, step_t
                 if k == 0:
                     first = t1 - t_start
                     t_measure = t1
+                    bytes_per_sample = batch_nbytes(batch) / max(batch_samples(batch), 1)
                 else:
                     waits.append((t0, t1))
                     step_s.append(t2 - t1)
@@ -166,6 +167,8 @@ def run_steps(loader: Iterable, steps: int, step: Callable | None = None, step_t
     step_total = sum(step_s)
     out: dict = {"step": stepper.label, "simulated_step": stepper.simulated, "steps": n,
                  "first_batch_s": round(first, 4) if first is not None else None, "epochs": src.epochs}
+    if first is not None:
+        out["bytes_per_sample"] = bytes_per_sample
     if n:
         out.update(wait_ms=wait_total / n * 1e3, step_ms=step_total / n * 1e3,
                    stall_pct=100 * wait_total / max(wait_total + step_total, 1e-12),

@@ -39,6 +39,14 @@ def _f(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}" if x >= 10 else f"{x:,.2f}"
 
 
+def _bytes(b: float) -> str:
+    return f"{b / 1e9:,.1f} GB" if b >= 1e9 else f"{b / 1e6:,.1f} MB"
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker{'' if n == 1 else 's'}"
+
+
 def storage_case(report: dict) -> str | None:
     st = report.get("storage") or {}
     have = [c for c in ("warm", "cold") if isinstance(st.get(c), dict) and "random" in st[c]]
@@ -78,7 +86,7 @@ def ceilings(report: dict) -> dict:
     best = best_point(report)
     if best is not None:
         out["loader"] = {"samples_s": best["samples_s"], "workers": best["workers"],
-                         "prefetch": best.get("prefetch"), "basis": f"measured, {best['workers']} workers"}
+                         "prefetch": best.get("prefetch"), "basis": f"measured, {_workers(best['workers'])}"}
     stall = report.get("stall") or {}
     if stall.get("demand_s"):
         out["step"] = {"samples_s": stall["demand_s"], "simulated": stall.get("simulated_step", False),
@@ -229,9 +237,11 @@ def _storage(report, c, lim, supply, v) -> None:
                             f"reads of {per_rec / 1e3:,.1f} KB records; this storage gives {r['mb_s']:,.1f} MB/s "
                             f"(local NVMe, or a node-local copy of the dataset).")
     mem = (report.get("machine") or {}).get("memory_bytes")
-    if mem and st["bytes"] < mem / 2:
-        v["actions"].append(f"The dataset ({st['bytes'] / 1e9:,.2f} GB) fits in the page cache "
-                            f"({mem / 1e9:,.0f} GB RAM): copy it to local disk once and later epochs read from memory.")
+    if case == "cold" and mem and st["bytes"] < mem / 2:
+        v["actions"].append(f"The dataset ({_bytes(st['bytes'])}) fits in the page cache ({_bytes(mem)} RAM): "
+                            "copy it to local disk once and later epochs read from memory.")
+    if st.get("simulated"):
+        v["evidence"].append(f"the storage is simulated: {st['simulated']}")
     seq = st[case].get("sequential", {}).get("mb_s")
     if seq and seq > 2 * r["mb_s"]:
         v["actions"].append(f"Read in long runs: fastload.DataLoader(order='block') shuffles blocks of "
@@ -330,8 +340,9 @@ def _transfer(report, c, lim, supply, v) -> None:
                      + (f"; with the copy the step received {_f(stall['samples_s'])} samples/s" if stall.get("samples_s") else "")
                      + "." + _next_txt(v))
     if copy:
-        v["evidence"].append(f"copy: {copy['ms_per_batch']:.1f} ms per batch, {copy['hidden_pct']:.0f}% hidden behind "
-                             f"the step, {copy['exposed_ms_per_step']:.1f} ms per step exposed"
+        hidden = (f", {copy['hidden_pct']:.0f}% hidden behind the step, {copy['exposed_ms_per_step']:.1f} ms per "
+                  "step exposed" if stall.get("demand_s") else " (no step to hide it behind)")
+        v["evidence"].append(f"copy: {copy['ms_per_batch']:.1f} ms per batch{hidden}"
                              + (" (simulated)" if copy.get("simulated") else ""))
     best = best_point(report) or {}
     dtypes = best.get("dtypes") or []
@@ -350,7 +361,7 @@ def _transfer(report, c, lim, supply, v) -> None:
 def _loader(report, c, name, lim, supply, v) -> None:
     best = best_point(report)
     pts = (report.get("sweep") or {}).get("points", [])
-    v["headline"] = (f"Loader-bound: the best run ({best['workers']} workers) reached {_f(supply)} samples/s, "
+    v["headline"] = (f"Loader-bound: the best run ({_workers(best['workers'])}) reached {_f(supply)} samples/s, "
                      f"{_pct(supply, lim['samples_s'])} of the lowest resource ceiling ({name}, "
                      f"{_f(lim['samples_s'])}/s): the pipeline is not using what the machine has."
                      if best else f"Loader-bound: {_f(supply)} samples/s, well under {name}'s {_f(lim['samples_s'])}/s.")
