@@ -177,6 +177,11 @@ def test_verdict_rules():
     v = decide(_report(storage_rps=5000, cpu_s=1000, loader=950, demand=3000, stall=68.0))
     assert v["bound"] == "decode" and v["demand_over_supply"] == pytest.approx(3000 / 950)
     assert v["factor"] == pytest.approx(5.0)
+    # the loader alone outruns the step, yet the step waits: loading does not overlap the step
+    rep = _report(storage_rps=5000, cpu_s=1000, loader=950, demand=400, stall=30.0)
+    rep["stall"]["num_workers"] = 0
+    v = decide(rep)
+    assert v["bound"] == "loader" and "no overlap" in v["headline"] and "num_workers >= 1" in v["actions"][0]
     # other processes eating cores shrink the CPU ceiling the pipeline can reach
     v = decide(_report(storage_rps=5000, cpu_s=1000, loader=480, others=2.0))
     assert v["bound"] == "decode" and v["ceilings"]["cpu"]["samples_s"] == pytest.approx(500)

@@ -150,7 +150,9 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
                 copy = CopyStage(simulated_gb_s=transfer_gbps)
             elif cuda_available():
                 copy = CopyStage()
-            best = verdict_mod.best_point(rep)
+            # the step runs while workers build the next batches: the best run that had workers
+            pts = [p for p in (rep.get("sweep") or {}).get("points", []) if p.get("workers") and p.get("samples_s")]
+            best = max(pts, key=lambda p: p["samples_s"]) if pts else verdict_mod.best_point(rep)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*worker processes in total.*")
                 loader = tgt.stall_loader(best)
@@ -168,6 +170,8 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
             res = run_steps(loader, steps, step=step, step_time=step_time, rate=target_rate, copy=copy,
                             on_step=tick)
             res["loader"] = desc
+            if hasattr(loader, "num_workers"):
+                res["num_workers"] = loader.num_workers
             rep["_spans"] = res.pop("_spans", [])
             rep["stall"] = res
             if res.get("steps"):

@@ -135,6 +135,10 @@ def decide(report: dict) -> dict:
         _model(report, c, stall, c.get("loader", {}).get("samples_s"), v)   # the loader alone, if swept
         return v
 
+    if stall.get("demand_s") and supply and supply >= 1.1 * stall["demand_s"] and "copy" not in stall:
+        v.update(bound="loader", resource="loader")
+        _overlap(report, stall, supply, v)
+        return v
     resources = {k: c[k] for k in ("storage", "cpu", "transfer") if k in c}
     others = background_load(report)
     if "cpu" in resources and others is not None and others >= 0.25:
@@ -184,9 +188,9 @@ def decide(report: dict) -> dict:
         _cpu(report, c, lim, supply, top, v)
     if stall.get("demand_s") and supply:
         v["demand_over_supply"] = stall["demand_s"] / supply
-        v["headline"] += (f" The step could take {stall['demand_s'] / supply:.1f}x more data "
-                          f"({_f(stall['demand_s'])} samples/s); it waits {stall['stall_pct']:.0f}% of the time "
-                          f"(data stall).")
+        more = (f"The step could take {stall['demand_s'] / supply:.1f}x more data ({_f(stall['demand_s'])} "
+                "samples/s); " if stall["demand_s"] > supply else "")
+        v["headline"] += f" {more}it waits {stall['stall_pct']:.0f}% of the time (data stall)."
     return v
 
 
@@ -304,6 +308,14 @@ def _cpu(report, c, lim, supply, top, v) -> None:
     elif kind == "read":
         v["actions"].append(f"Reading costs {top['cpu_ms']:.2f} ms CPU per sample (file opens, page faults): "
                             "fastload shards replace per-file opens with one memory map.")
+    if kind not in ("normalize", "convert"):
+        fl = [s for s in (cpu.get("stages") or []) if s["kind"] in ("normalize", "convert")]
+        share_fl = sum(s["share"] for s in fl)
+        if fl and share_fl >= 0.1:
+            v["actions"].append(f"Normalise on the GPU: {' + '.join(s['name'].split(': ', 1)[-1] for s in fl)} cost "
+                                f"{sum(s['cpu_ms'] for s in fl):.2f} ms per sample ({share_fl:.0%} of the CPU time); "
+                                "keep uint8 through the loader and pass gpu_transforms=[ops.Normalize(mean, std)] "
+                                "with device='cuda' (a quarter of the bytes over the bus, too).")
     stall = report.get("stall") or {}
     if stall.get("demand_s"):
         need = math.ceil(stall["demand_s"] / lim["per_core"])
@@ -356,6 +368,23 @@ def _transfer(report, c, lim, supply, v) -> None:
     if sim:
         v["actions"].append("This bound comes from a simulated copy rate: measure on the GPU machine "
                             "(fastload profile runs the real copy when CUDA is present).")
+
+
+def _overlap(report, stall, supply, v) -> None:
+    """The loader alone outruns the step, yet the step waits: loading is not overlapped with it."""
+    w = stall.get("num_workers")
+    v["headline"] = (f"Loader-bound (no overlap): the loader alone delivers {_f(supply)} samples/s, more than the "
+                     f"step's {_f(stall['demand_s'])}, yet the step waits {stall['wait_ms']:.1f} ms per batch "
+                     f"(data stall {stall['stall_pct']:.0f}%): batches are not ready when the step asks.")
+    v["factor"] = supply / stall["demand_s"]
+    if w == 0:
+        v["actions"].append("num_workers >= 1: with 0 workers every batch is built inside the training loop, "
+                            "after the step, never during it.")
+    else:
+        v["actions"].append("A deeper prefetch (prefetch_factor=4) absorbs batches that take longer than the "
+                            "average; persistent_workers=True keeps worker start-up out of every epoch.")
+    v["actions"].append("If the step uses the CPU (data augmentation in the step, CPU training), it competes "
+                        "with the workers: leave a core for it.")
 
 
 def _loader(report, c, name, lim, supply, v) -> None:
