@@ -6,11 +6,8 @@ import os
 
 
 def matplotlib_available() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    import importlib.util
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 _COLORS = {"storage": "#1f77b4", "cpu": "#d62728", "transfer": "#9467bd", "step": "#2ca02c"}

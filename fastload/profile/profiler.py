@@ -10,7 +10,7 @@ import platform
 import sys
 import time
 import warnings
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import verdict as verdict_mod
 from .cpu import usable_cores

@@ -260,6 +260,9 @@ class ProfileReport(dict):
         cp = s.get("copy")
         if cp:
             sim = "SIMULATED " if cp["simulated"] else ""
+            if not cp.get("bytes"):
+                L.append("  copy: nothing to copy, the loader delivered batches already on the device")
+                return
             line = f"  {sim}copy: {cp['ms_per_batch']:.2f} ms per batch ({cp['gb_s']:.3g} GB/s)"
             if s.get("demand_s"):
                 line += (f"; {cp['hidden_pct']:.0f}% hidden behind the step; per step the wait was "

@@ -180,7 +180,7 @@ def run_steps(loader: Iterable, steps: int, step: Callable | None = None, step_t
         copies = [(s, d) for name, tid, s, d in spans if tid == COPY and name.startswith("copy")]
         exposed = sum(_overlap(a, b, copies) for a, b in waits)
         copy_total = sum(d for _, d in copies[1:])   # the first copy is start-up
-        out["copy"] = {"simulated": copy.simulated, "what": copy.describe(),
+        out["copy"] = {"simulated": copy.simulated, "what": copy.describe(), "bytes": copy.bytes,
                        "ms_per_batch": copy_total / max(len(copies) - 1, 1) * 1e3,
                        "gb_s": copy.bytes / max(copy.seconds, 1e-12) / 1e9,
                        "exposed_ms_per_step": exposed / n * 1e3,

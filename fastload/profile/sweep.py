@@ -13,20 +13,20 @@ from .resources import TreeMonitor
 
 
 # -- what a batch holds -------------------------------------------------------------------------------
-def _leaves(batch: Any):
+def leaves(batch: Any):
     if isinstance(batch, (torch.Tensor, np.ndarray)):
         yield batch
     elif isinstance(batch, dict):
         for v in batch.values():
-            yield from _leaves(v)
+            yield from leaves(v)
     elif isinstance(batch, (list, tuple)):
         for v in batch:
-            yield from _leaves(v)
+            yield from leaves(v)
 
 
 def batch_samples(batch: Any) -> int:
     """Samples in a batch: the leading dimension of its first tensor or array (1 if it has none)."""
-    for leaf in _leaves(batch):
+    for leaf in leaves(batch):
         if leaf.ndim:
             return int(leaf.shape[0])
     return 1
@@ -35,7 +35,7 @@ def batch_samples(batch: Any) -> int:
 def batch_nbytes(batch: Any) -> int:
     """Bytes of every tensor and array in the batch (what a host-to-device copy would move)."""
     return sum(int(leaf.nbytes) if isinstance(leaf, np.ndarray) else leaf.numel() * leaf.element_size()
-               for leaf in _leaves(batch))
+               for leaf in leaves(batch))
 
 
 def build_quietly(make_loader: Callable[[int, int | None], Iterable], workers: int, prefetch: int | None):
@@ -94,7 +94,7 @@ def run_loader(loader: Iterable, seconds: float, min_batches: int = 3, max_secon
                 n = batch_samples(batch)
                 if t_first is None:
                     t_first, first_samples, nbytes = now, n, batch_nbytes(batch)
-                    dtypes = sorted({str(leaf.dtype).replace("torch.", "") for leaf in _leaves(batch)})
+                    dtypes = sorted({str(leaf.dtype).replace("torch.", "") for leaf in leaves(batch)})
                 else:
                     samples += n
                     batches += 1

@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .sweep import batch_nbytes
+from .sweep import leaves
+
+
+def host_nbytes(batch: Any) -> int:
+    """Bytes of the batch's host (CPU) tensors and arrays: what a copy to the device moves."""
+    return sum(int(x.nbytes) if isinstance(x, np.ndarray) else x.numel() * x.element_size()
+               for x in leaves(batch) if isinstance(x, np.ndarray) or x.device.type == "cpu")
 
 
 def cuda_available() -> bool:
@@ -74,7 +80,7 @@ class CopyStage:
                 if self.simulated else f"host-to-device copy to {self.device} on a side stream")
 
     def __call__(self, batch: Any) -> Any:
-        nbytes = batch_nbytes(batch)
+        nbytes = host_nbytes(batch)      # tensors already on the device (a loader with device=) cost nothing here
         t0 = time.perf_counter()
         if self.simulated:
             time.sleep(nbytes / (self.gb_s * 1e9))
@@ -85,6 +91,12 @@ class CopyStage:
                 ev = torch.cuda.Event()
                 ev.record(self.stream)
             ev.synchronize()
+            # the step uses them on the default stream: tell the caching allocator, so their memory is not
+            # handed to the next copy while the step may still read it
+            main = torch.cuda.default_stream(self.device)
+            for leaf in leaves(out):
+                if leaf.is_cuda:
+                    leaf.record_stream(main)
         self.seconds += time.perf_counter() - t0
         self.bytes += nbytes
         return out

@@ -75,7 +75,7 @@ def ceilings(report: dict) -> dict:
     copy = ((report.get("stall") or {}).get("copy"))
     bps = bytes_per_sample(report)
     transfer = report.get("transfer") or {}
-    if copy and bps:
+    if copy and bps and copy.get("gb_s", 0) > 0:
         label = "simulated copy" if copy["simulated"] else "copy"
         out["transfer"] = {"samples_s": copy["gb_s"] * 1e9 / bps, "simulated": copy["simulated"],
                            "basis": f"{label} at {copy['gb_s']:.3g} GB/s / {bps / 1e3:,.1f} KB per sample"}
