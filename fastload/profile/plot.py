@@ -71,6 +71,11 @@ def plot_report(report: dict, path: str | os.PathLike) -> bool:
                     ymax = max(ymax, y)
                 else:
                     ax.plot([], [], ls=style, color=_COLORS[k], label=f"{text} {y:,.0f}/s (off scale)")
+        cmp_ = cpu.get("compare") or {}
+        if cmp_.get("fastload_ceiling_s"):
+            y = cmp_["fastload_ceiling_s"]
+            ax.axhline(y, ls="-.", color="#8b0000", lw=1.3, label=f"CPU ceiling with fastload ops {y:,.0f}/s")
+            ymax = max(ymax, y)
         ax.set_xticks(sorted({p["workers"] for p in points}))
         ax.set_xlim(-0.3, xmax + 0.3)
         ax.set_ylim(0, ymax * 1.15)
