@@ -49,6 +49,7 @@ except Exception:           # not installed, or no libturbojpeg on this machine
     turbojpeg = _tj = None
 
 Candidate = Callable[[bytes, CropBox, np.ndarray], None]
+ONE_THREAD = "torch.set_num_threads(1), cv2.setNumThreads(1)"
 
 
 # ---------------------------------------------------------------- reference
@@ -170,14 +171,18 @@ def make_candidates(size: int) -> dict[str, Candidate]:
 
 
 # ---------------------------------------------------------------- timing
-def time_per_image(fn: Callable[[int], None], n: int, passes: int) -> np.ndarray:
-    best = np.full(n, np.inf)
+def time_per_image(fns: dict[str, Callable[[int], None]], n: int, passes: int) -> dict[str, np.ndarray]:
+    """Best-of-``passes`` seconds per image for each fn, in ms; passes are interleaved across the fns so
+    that a noisy moment on the machine does not land on one candidate only."""
+    best = {name: np.full(n, np.inf) for name in fns}
     for _ in range(passes):
-        for i in range(n):
-            t0 = time.perf_counter()
-            fn(i)
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best * 1e3
+        for name, fn in fns.items():
+            b = best[name]
+            for i in range(n):
+                t0 = time.perf_counter()
+                fn(i)
+                b[i] = min(b[i], time.perf_counter() - t0)
+    return {name: b * 1e3 for name, b in best.items()}
 
 
 def summary(ms: np.ndarray) -> dict:
@@ -199,29 +204,28 @@ def bench_rrc(datas: list[bytes], size: int, passes: int, seed: int, wh: tuple[i
     boxes = [op.plan(w, h, rng) for _ in datas]
     refs = [reference(d, b, size) for d, b in zip(datas, boxes)]
     out = np.empty((size, size, 3), np.uint8)
-    rows = {}
     cands = make_candidates(size)
-    pipelines = {"fastload DecodeRandomResizedCrop (pipeline.run_into, own draws)": compile_pipeline(None, [op]),
-                 "fastload DecodeRandomResizedCrop(resizer='torch') (run_into, own draws)":
-                     compile_pipeline(None, [DecodeRandomResizedCrop(size, resizer="torch")])}
-    cands.update(dict.fromkeys(pipelines))
-    for name, fn in cands.items():
-        if only is not None and not any(k in name for k in only):
-            continue
-        if fn is None:
-            pipeline = pipelines[name]
-            rngs = [np.random.default_rng([seed, i]) for i in range(len(datas))]
-            ms = time_per_image(lambda i: pipeline.run_into(datas[i], wh, out, rngs[i]), len(datas), passes)
-            rows[name] = summary(ms)
-            print(f"  {name:66s} {rows[name]['median_ms']:7.3f} ms", flush=True)
-            continue
-        ms = time_per_image(lambda i: fn(datas[i], boxes[i], out), len(datas), passes)
-        errors = []
-        for d, b, r in zip(datas, boxes, refs):
-            fn(d, b, out)
-            errors.append(float(np.abs(out.astype(np.int16) - r).mean()))
-        rows[name] = {**summary(ms), **error_summary(errors)}
-        print(f"  {name:66s} {rows[name]['median_ms']:7.3f} ms  mae {rows[name]['mae_mean']:.3f}", flush=True)
+    if only is not None:
+        cands = {k: v for k, v in cands.items() if any(o in k for o in only)}
+    fns: dict[str, Callable[[int], None]] = {
+        name: (lambda i, fn=fn: fn(datas[i], boxes[i], out)) for name, fn in cands.items()}
+    for name, ops in [("fastload DecodeRandomResizedCrop (pipeline.run_into, own draws)", [op]),
+                      ("fastload DecodeRandomResizedCrop(resizer='torch') (run_into, own draws)",
+                       [DecodeRandomResizedCrop(size, resizer="torch")])]:
+        pipeline = compile_pipeline(None, ops)
+        rngs = [np.random.default_rng([seed, i]) for i in range(len(datas))]
+        fns[name] = lambda i, p=pipeline, r=rngs: p.run_into(datas[i], wh, out, r[i])
+    times = time_per_image(fns, len(datas), passes)
+    rows = {}
+    for name, ms in times.items():
+        rows[name] = summary(ms)
+        if name in cands:
+            errors = []
+            for d, b, r in zip(datas, boxes, refs):
+                cands[name](d, b, out)
+                errors.append(float(np.abs(out.astype(np.int16) - r).mean()))
+            rows[name].update(error_summary(errors))
+        print(f"  {name:72s} {rows[name]['median_ms']:7.3f} ms  mae {rows[name].get('mae_mean', '-')}", flush=True)
     dct = [op.dct_scale(b) for b in boxes]
     return {"size": size, "image_wh": wh, "dct_scaled_fraction": round(float(np.mean(np.array(dct) > 1)), 3),
             "crop_area_fraction_mean": round(float(np.mean([b.width * b.height / (w * h) for b in boxes])), 3),
@@ -242,15 +246,16 @@ def bench_resizers(datas: list[bytes], size: int, passes: int, seed: int, wh: tu
         kernels["cv2 INTER_AREA"] = (resize_cv2(cv2.INTER_AREA), rgb)
         kernels["cv2 INTER_LINEAR (no antialias)"] = (resize_cv2(cv2.INTER_LINEAR), rgb)
     out = np.empty((size, size, 3), np.uint8)
+    times = time_per_image({name: (lambda i, fn=fn, src=src: fn(src[i], scaled_box(boxes[i], 1), out))
+                            for name, (fn, src) in kernels.items()}, len(datas), passes)
     rows = {}
     for name, (fn, src) in kernels.items():
-        ms = time_per_image(lambda i: fn(src[i], scaled_box(boxes[i], 1), out), len(datas), passes)
         errors = []
         for i in range(len(datas)):
             fn(src[i], scaled_box(boxes[i], 1), out)
             errors.append(float(np.abs(out.astype(np.int16) - refs[i]).mean()))
-        rows[name] = {**summary(ms), **error_summary(errors)}
-        print(f"  {name:66s} {rows[name]['median_ms']:7.3f} ms  mae {rows[name]['mae_mean']:.3f}", flush=True)
+        rows[name] = {**summary(times[name]), **error_summary(errors)}
+        print(f"  {name:72s} {rows[name]['median_ms']:7.3f} ms  mae {rows[name]['mae_mean']:.3f}", flush=True)
     decoders = {"simplejpeg RGB": lambda i: simplejpeg.decode_jpeg(datas[i]),
                 "simplejpeg RGBX": lambda i: simplejpeg.decode_jpeg(datas[i], colorspace="RGBX"),
                 "PIL open + convert(RGB)": lambda i: Image.open(io.BytesIO(datas[i])).convert("RGB")}
@@ -259,7 +264,7 @@ def bench_resizers(datas: list[bytes], size: int, passes: int, seed: int, wh: tu
             cv2.imdecode(np.frombuffer(datas[i], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     if _tj is not None:
         decoders["PyTurboJPEG RGB"] = lambda i: _tj.decode(datas[i], pixel_format=turbojpeg.TJPF_RGB)
-    full = {name: summary(time_per_image(fn, len(datas), passes)) for name, fn in decoders.items()}
+    full = {name: summary(ms) for name, ms in time_per_image(decoders, len(datas), passes).items()}
     return {"resize_kernels": rows, "full_decode": full}
 
 
@@ -274,8 +279,10 @@ def bench_center(datas: list[bytes], passes: int, wh: tuple[int, int]) -> dict:
         im = im.resize((nw, nh), Image.BILINEAR)
         l, t = int(round((nw - 224) / 2)), int(round((nh - 224) / 2))
         np.copyto(out, np.asarray(im.crop((l, t, l + 224, t + 224))))
-    return {"PIL decode + Resize(256) + CenterCrop(224) (torchvision PIL path)": summary(time_per_image(pil_tv, len(datas), passes)),
-            "fastload DecodeCenterCrop(224, 256)": summary(time_per_image(lambda i: p.run_into(datas[i], wh, out, None), len(datas), passes))}
+    times = time_per_image({"PIL decode + Resize(256) + CenterCrop(224) (torchvision PIL path)": pil_tv,
+                            "fastload DecodeCenterCrop(224, 256)": lambda i: p.run_into(datas[i], wh, out, None)},
+                           len(datas), passes)
+    return {name: summary(ms) for name, ms in times.items()}
 
 
 # ---------------------------------------------------------------- report
