@@ -8,7 +8,7 @@ import numpy as np
 
 from fastload.ops.image import Decode, RandomHorizontalFlip
 from fastload.ops.jpeg import DecodeStats, image_size
-from fastload.ops.op import ArrayOp, ImageDecodeOp, InplaceOp, Op, Shape
+from fastload.ops.op import ArrayOp, ImageDecodeOp, Op, Shape
 
 KINDS = ("image", "ndarray", "int", "float", "bytes", "json")
 _CLASS_KINDS = {"ImageField": "image", "NDArrayField": "ndarray", "IntField": "int",
