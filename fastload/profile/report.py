@@ -257,6 +257,9 @@ class ProfileReport(dict):
         else:
             L.append(f"  {s['steps']} batches, no step: {_f(s['samples_s'])} samples/s delivered; first batch "
                      f"{s['first_batch_s']:.2f} s (give a step, --step-ms or --target-rate for the data stall)")
+        if s.get("cores_busy") is not None:
+            L.append(f"  cores busy {s['cores_busy']:.2f}" + (f", other processes {s['other_cores_busy']:.2f}"
+                                                          if s.get("other_cores_busy") is not None else ""))
         cp = s.get("copy")
         if cp:
             sim = "SIMULATED " if cp["simulated"] else ""

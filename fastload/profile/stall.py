@@ -18,6 +18,7 @@ import time
 import warnings
 from typing import Any, Callable, Iterable
 
+from .resources import TreeMonitor
 from .sweep import attach_stats, batch_nbytes, batch_samples, shutdown
 
 MAIN, COPY = 0, 1   # thread ids in the trace
@@ -116,8 +117,9 @@ def run_steps(loader: Iterable, steps: int, step: Callable | None = None, step_t
     samples = 0
     t_start = time.perf_counter()
     first = None
+    mon = TreeMonitor()
     try:
-        with warnings.catch_warnings():
+        with mon, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*worker processes in total.*")
             if copy is not None:
                 thread = threading.Thread(target=producer, name="fastload-profile-copy", daemon=True)
@@ -169,6 +171,11 @@ def run_steps(loader: Iterable, steps: int, step: Callable | None = None, step_t
                  "first_batch_s": round(first, 4) if first is not None else None, "epochs": src.epochs}
     if first is not None:
         out["bytes_per_sample"] = bytes_per_sample
+    if getattr(mon, "wall_seconds", None):
+        out["cores_busy"] = round(mon.cores_busy, 2)
+        out["peak_memory_bytes"] = mon.peak_bytes
+        if mon.other_cores_busy is not None:
+            out["other_cores_busy"] = round(mon.other_cores_busy, 2)
     if n:
         out.update(wait_ms=wait_total / n * 1e3, step_ms=step_total / n * 1e3,
                    stall_pct=100 * wait_total / max(wait_total + step_total, 1e-12),
