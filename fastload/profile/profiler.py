@@ -184,6 +184,10 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
         rep["interrupted_in"] = phase
         log(f"interrupted during {phase}: reporting what was measured")
         _finish_sweep(rep)
+    if simulate_storage_mb_s:       # the simulated device's lock file is ours to remove
+        remove = getattr(getattr(tgt, "reader", None), "remove_lock_file", None)
+        if remove is not None:
+            remove()
     rep["_spans"] = _trace_spans(rep)
     rep["verdict"] = verdict_mod.decide(rep)
     log(f"verdict: {rep['verdict'].get('bound')}-bound")
