@@ -151,3 +151,24 @@ def test_raw_array_records_through_the_fast_path(tmp_path):
     assert imgs.shape == (50, 28, 28, 3)          # ndarray fields keep their own layout
     assert np.array_equal(imgs.numpy(), x[:, 2:30, 2:30])
     assert torch.equal(torch.cat([b[1] for b in batches]), torch.as_tensor(y))
+
+
+@pytest.mark.parametrize("backend", ["shards", "lmdb"])
+def test_untransformed_arrays_are_gathered_in_one_copy_across_shards(tmp_path, backend):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 255, (300, 8, 8, 3), dtype=np.uint8)
+    with DatasetWriter(tmp_path / "arr", Schema({"x": NDArrayField("uint8", (8, 8, 3)), "y": IntField()}),
+                       backend=backend, shard_size=40_000) as w:
+        for i in range(300):
+            w.write({"x": x[i], "y": i})
+        w.commit()
+    ds = fastload.ShardDataset(tmp_path / "arr")
+    if backend == "shards":
+        assert len(ds.reader.shard_paths) > 1          # the multi-shard branch of the gather
+        out = np.empty((5, 8, 8, 3), np.uint8)
+        assert ds.reader.gather("x", np.array([299, 0, 150, 7, 150]), out)
+        assert np.array_equal(out, x[[299, 0, 150, 7, 150]])
+    batches = _epoch(ds, batch_size=32, shuffle=True, num_workers=2, seed=0)
+    xs, ys = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    assert sorted(ys.tolist()) == list(range(300))
+    assert np.array_equal(xs.numpy(), x[ys.numpy()])

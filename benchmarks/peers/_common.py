@@ -83,6 +83,37 @@ def _machine_busy_s() -> float:
     return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
 
 
+class _PeakRss:
+    """Largest resident memory of this process tree (sum of RSS; shared pages count once per process)."""
+
+    def __init__(self, meter, interval: float = 0.1):
+        import threading
+        self.meter, self.interval, self.peak = meter, interval, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _sample(self) -> int:
+        p = self.meter.proc
+        if p is None:
+            return 0
+        total = 0
+        for q in [p] + p.children(recursive=True):
+            try:
+                total += q.memory_info().rss
+            except Exception:
+                pass
+        return total
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._sample())
+
+    def stop(self):
+        self._stop.set()
+        self._t.join()
+
+
 class _CpuMeter:
     """CPU seconds used by this process and its live descendants (loader workers), via psutil."""
 
@@ -128,6 +159,8 @@ def measure(make_loader, data_dir, batch_size: int, num_workers: int, seed: int 
     max_epochs = max(epochs, max_epochs or epochs)
     ncpu = os.cpu_count() or 1
     meter = _CpuMeter()
+    peak = _PeakRss(meter)
+    own_after_warmup = meter.own_s()   # CPU seconds before the measured epochs (after the warm-up ones)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     loader = make_loader(data_dir, batch_size, num_workers, seed)
@@ -149,6 +182,8 @@ def measure(make_loader, data_dir, batch_size: int, num_workers: int, seed: int 
         if own0 is not None and busy1 > 0:
             foreign = max(0.0, (busy1 - busy0) - (own1 - own0)) / (dt * ncpu)
         kind = "warm-up" if e < warmup else "epoch"
+        if e == warmup - 1:
+            own_after_warmup = own1
         fs = f", foreign CPU {foreign:.0%}" if foreign is not None else ""
         log(f"  {kind} {e + 1}: {n} images in {dt:.2f}s = {n / dt:.1f} img/s{fs}")
         if e >= warmup:
@@ -159,7 +194,13 @@ def measure(make_loader, data_dir, batch_size: int, num_workers: int, seed: int 
             break
     clean = [x for x in eps if x[3] is None or x[3] <= max_foreign]
     chosen = clean if len(clean) >= epochs else sorted(eps, key=lambda x: x[3] or 0.0)[:epochs]
+    own_total = meter.own_s()
+    peak.stop()
+    images_total = sum(x[1] for x in eps)
     return {
+        "peak_tree_rss_bytes": peak.peak,
+        "cpu_s_per_image": (own_total - own_after_warmup) / images_total
+        if own_total is not None and own_after_warmup is not None and images_total else None,
         "images_per_s": statistics.median(x[0] for x in chosen) if chosen else None,
         "clean": len(clean) >= epochs,
         "chosen_foreign_cpu": [x[3] for x in chosen],

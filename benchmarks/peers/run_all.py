@@ -34,6 +34,8 @@ PEERS = [
     ("litdata_peer", VISION, "litdata"),
     ("spdl_peer", VISION, "spdl.io"),
     ("ffcv_peer", FFCV, "ffcv"),
+    ("fastload_shards", VISION, "fastload"),
+    ("fastload_lmdb", VISION, "fastload"),
 ]
 TICK = os.sysconf("SC_CLK_TCK")
 

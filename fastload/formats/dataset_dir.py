@@ -66,6 +66,7 @@ class DatasetReader:
         self._len = self._ends[-1] if self._ends else 0
         self._parts: list[Store | None] = [None] * len(m.shards)
         self._columns: dict[str, np.ndarray] = {}
+        self._views: dict[str, list] = {}
         self._verify_reads = self.options["verify_reads"]
         self._pid = os.getpid()
 
@@ -180,6 +181,32 @@ class DatasetReader:
             self._columns[field] = col
         return col
 
+    def gather(self, field: str, indices: np.ndarray, out: np.ndarray) -> bool:
+        """Copy fixed-shape ndarray field ``field`` of records ``indices`` into ``out`` (``[len, *shape]``)
+        with one vectorised copy per shard. Returns False (nothing copied) when the backend or layout
+        does not allow it (LMDB, variable shapes, verified reads): the caller then reads record by record."""
+        self._ensure_open()
+        if self._verify_reads or self._manifest.backend != "shards":
+            return False
+        views = self._views.get(field)
+        if views is None:
+            views = [self._part(k).array_view(field) for k in range(len(self._parts))]
+            self._views[field] = views
+        if not views or any(v is None for v in views):
+            return False
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self._len):
+            raise IndexError(f"indices out of range for {self.path} ({self._len} records)")
+        if len(views) == 1:
+            np.take(views[0], idx, axis=0, out=out)
+            return True
+        shard = np.searchsorted(np.asarray(self._ends), idx, side="right")
+        starts = np.asarray(self._starts)
+        for k in np.unique(shard):
+            sel = np.nonzero(shard == k)[0]
+            out[sel] = views[k][idx[sel] - starts[k]]
+        return True
+
     def locate(self, index: int) -> tuple[Path, int]:
         """(shard file, record number inside it) of global ``index``, for messages."""
         self._ensure_open()
@@ -213,6 +240,7 @@ class DatasetReader:
                 part.close()
             self._parts[k] = None
         self._columns = {}
+        self._views = {}
 
     def __enter__(self) -> "DatasetReader":
         return self

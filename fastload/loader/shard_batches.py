@@ -43,6 +43,11 @@ class ShardBatches:
         # room for the gathered scalar columns too, so a whole batch fits in one slot
         self.slot_bytes = off + sum(batch_size * 8 + _ALIGN for _, s, _, o in self.layout if o < 0) + 4096
         self._columns: dict[str, np.ndarray] = {}
+        pipes = dataset.pipelines
+        # array fields stored as they are returned: one vectorised gather per batch, no per-sample loop
+        self.gathered = [name for name, shape, _, off in self.layout
+                         if off >= 0 and dataset.kinds[name] == "ndarray" and not pipes[name].ops]
+        self.random = any(getattr(op, "random", False) for p in pipes.values() for op in p.ops)
 
     @staticmethod
     def applies(dataset, auto_collation: bool, collate_fn) -> bool:
@@ -64,7 +69,7 @@ class ShardBatches:
         ds = self.dataset
         for candidate in ds.candidates(idx):
             try:
-                ds.write_sample(candidate, outs, sample_rng(seed, candidate))
+                ds.write_sample(candidate, outs, sample_rng(seed, candidate) if self.random else None)
                 return candidate
             except (CorruptRecordError, FormatError) as e:
                 if ds.on_corrupt == "raise":
@@ -81,12 +86,16 @@ class ShardBatches:
             if off >= 0:
                 views[name] = np.ndarray((n, *shape), dtype=dtype, buffer=buf, offset=off)
         t0 = time.perf_counter()
-        used = list(indices)
-        for j, idx in enumerate(indices):
-            used[j] = self._write_one(idx, {k: v[j] for k, v in views.items()}, job.seed, timings)
+        idx_arr = np.asarray(indices, dtype=np.int64)
+        per_sample = {k: v for k, v in views.items()
+                      if not (k in self.gathered and self.dataset.reader.gather(k, idx_arr, v))}
+        if per_sample:
+            used = list(indices)
+            for j, idx in enumerate(indices):
+                used[j] = self._write_one(idx, {k: v[j] for k, v in per_sample.items()}, job.seed, timings)
+            idx_arr = np.asarray(used, dtype=np.int64)
         span(timings, "read+decode+augment", t0)
         out = []
-        idx_arr = np.asarray(used, dtype=np.int64)
         for name, shape, dtype, off in self.layout:
             if off < 0:
                 out.append(torch.from_numpy(self._column(name)[idx_arr].astype(dtype, copy=False)))
