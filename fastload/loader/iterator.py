@@ -29,7 +29,6 @@ class RingLoaderIter(_BaseDataLoaderIter):
         super().__init__(loader)
         self._prefetch_factor = loader.prefetch_factor
         self._in_order = loader.in_order
-        self._generator = loader.generator
         self._stats = loader.stats
         loader._resume_seeds(self)
         ctx = loader.multiprocessing_context or torch.multiprocessing
