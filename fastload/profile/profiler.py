@@ -111,7 +111,13 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
         phase = "cpu"
         if cpu:
             log("cpu: timing each stage in one process")
-            c = tgt.cpu(seconds, log)
+            import torch
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)      # as in the loader's workers (and no OpenMP spinning in the CPU times)
+            try:
+                c = tgt.cpu(seconds, log)
+            finally:
+                torch.set_num_threads(threads)
             rep["cpu"] = c if c is not None else {"skipped": "the dataset cannot be indexed (iterable)"}
             if c:
                 if c.get("compare"):

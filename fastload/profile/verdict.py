@@ -186,6 +186,10 @@ def decide(report: dict) -> dict:
         top = top_cpu_stage(report)
         v.update(bound=CPU_KINDS.get(top["kind"], "decode") if top else "decode", resource="cpu")
         _cpu(report, c, lim, supply, top, v)
+        if supply and supply > 1.25 * lim["samples_s"]:
+            v["evidence"].append(f"the loader ({_f(supply)}/s) beat the CPU ceiling ({_f(lim['samples_s'])}/s): the "
+                                 "one-process CPU times were inflated (other processes on the machine?); re-run "
+                                 "on a quiet machine")
     if stall.get("demand_s") and supply:
         v["demand_over_supply"] = stall["demand_s"] / supply
         more = (f"The step could take {stall['demand_s'] / supply:.1f}x more data ({_f(stall['demand_s'])} "
