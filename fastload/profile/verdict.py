@@ -128,6 +128,9 @@ def decide(report: dict) -> dict:
     evidence = [f"{k}: {_f(v['samples_s'])} samples/s ({v['basis']})" for k, v in c.items()]
     supply = c.get("loader", {}).get("samples_s") or stall.get("samples_s")
     v: dict = {"ceilings": c, "evidence": evidence, "actions": []}
+    if (stall.get("other_cores_busy") or 0) >= 0.25:
+        evidence.append(f"the stall run shared the machine with other processes ({stall['other_cores_busy']:.1f} cores "
+                        "busy): its data stall is higher than on a quiet machine")
     set_aside = []
 
     if stall.get("demand_s") and stall.get("stall_pct", 100) < STALL_OK:
