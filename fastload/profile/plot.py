@@ -48,6 +48,12 @@ def plot_report(report: dict, path: str | os.PathLike) -> bool:
             ax.plot([p["workers"]], [p["samples_s"]], "s", color="gray", zorder=3)
             ax.annotate(f"prefetch {p['prefetch']}", (p["workers"], p["samples_s"]), textcoords="offset points",
                         xytext=(6, -10), fontsize=8, color="gray")
+        busy = [p for p in points if (p.get("other_cores_busy") or 0) >= 0.25]
+        for k, p in enumerate(busy):
+            ax.plot([p["workers"]], [p["samples_s"]], "o", ms=13, mfc="none", mec="#ff7f0e", zorder=4,
+                    label="other processes used >= 0.25 cores" if k == 0 else None)
+            ax.annotate(f"others: {p['other_cores_busy']:.2f} cores", (p["workers"], p["samples_s"]),
+                        textcoords="offset points", xytext=(6, 6), fontsize=7, color="#ff7f0e")
         knee = (report.get("sweep") or {}).get("knee")
         if knee:
             ax.annotate("knee", (knee["workers"], knee["samples_s"]), textcoords="offset points", xytext=(-10, 10),
