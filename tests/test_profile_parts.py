@@ -171,6 +171,9 @@ def test_verdict_rules():
     # a one-reader storage number the loader beat is a lower bound, not the limit
     v = decide(_report(storage_rps=300, cpu_s=1000, loader=900))
     assert v["bound"] == "decode" and any("lower bound" in e for e in v["evidence"])
+    # a CPU ceiling the loader beat is an underestimate; with nothing left, the loader's per-batch work
+    v = decide(_report(storage_rps=1e6, cpu_s=1000, loader=5000))
+    assert v["bound"] == "loader" and any("underestimate" in e for e in v["evidence"])
     # a slow step: model-bound, whatever else
     assert decide(_report(storage_rps=300, cpu_s=1000, loader=290, demand=100, stall=2.0))["bound"] == "model"
     # a fast step with a big stall: the data side is named, and by how much the step is starved

@@ -95,10 +95,10 @@ def ceilings(report: dict) -> dict:
 
 
 def background_load(report: dict) -> float | None:
-    """Median cores kept busy by other processes during the sweep (None if unknown)."""
-    vals = sorted(p["other_cores_busy"] for p in (report.get("sweep") or {}).get("points", [])
-                  if p.get("other_cores_busy") is not None)
-    return vals[len(vals) // 2] if vals else None
+    """Cores other processes kept busy while the best loader run was measured (the run the ceilings are
+    compared with); None if unknown."""
+    best = best_point(report)
+    return None if best is None else best.get("other_cores_busy")
 
 
 def best_point(report: dict) -> dict | None:
@@ -156,16 +156,32 @@ def decide(report: dict) -> dict:
         c["cpu"] = dict(resources["cpu"], nominal_samples_s=cc["samples_s"])
     if "storage" in resources and supply and supply > 1.1 * resources["storage"]["samples_s"]:
         set_aside.append(f"storage ceiling ({_f(resources['storage']['samples_s'])}/s, one reader) is a lower "
-                         f"bound: the loader read faster ({_f(supply)}/s) with parallel reads")
+                         f"bound: the loader read faster ({_f(supply)}/s): parallel reads, or the probe's own per-record cost")
         del resources["storage"]
+    if "cpu" in resources and supply and supply > 1.1 * resources["cpu"]["samples_s"]:
+        set_aside.append(f"the CPU ceiling ({_f(resources['cpu']['samples_s'])}/s, timed one sample at a time) is "
+                         f"an underestimate: the loader ran faster ({_f(supply)}/s) - per-sample costs this small "
+                         f"are dominated by the probe's own overhead, or the machine was busier during the probe")
+        del resources["cpu"]
     v["evidence"] += set_aside
     if not resources:
-        if supply:
+        if set_aside:
+            v.update(bound="loader", resource="loader",
+                     headline=f"Loader-bound: the loader delivers {_f(supply)} samples/s, faster than any stage "
+                              "ceiling measured one sample at a time; what is left is the loader's per-batch work "
+                              "(hand-over between processes, batch assembly).")
+            v["actions"].append("Larger batches spread the per-batch cost over more samples.")
+            if stall.get("demand_s"):
+                v["headline"] += (f" The step waits {stall['stall_pct']:.0f}% of the time for data "
+                                  f"(it would take {_f(stall['demand_s'])} samples/s).")
+        elif supply:
             v.update(bound="unknown", resource="loader",
                      headline=f"The loader delivers {_f(supply)} samples/s"
-                              + (f"; data stall {stall['stall_pct']:.0f}%" if "stall_pct" in stall else "")
-                              + ". Nothing else was measured, so no stage can be named: profile the dataset "
-                                "(fastload profile DST) or a torch DataLoader for the stage breakdown.")
+                              + (f" and the step waits {stall['stall_pct']:.0f}% of the time for it"
+                                 if stall.get("demand_s") else "")
+                              + ", but the stages behind it could not be measured (an iterable dataset, or a plain "
+                                "iterable: nothing to index or rebuild): profile the dataset itself (fastload "
+                                "profile DST, or a map-style dataset in a DataLoader) for the stage breakdown.")
         else:
             v.update(bound="unknown", resource="unknown", headline="Nothing was measured.")
         return v
