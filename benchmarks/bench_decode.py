@@ -9,7 +9,9 @@ PIL decode + convert("RGB"), integer crop, interpolate(bilinear, antialias=True)
     python benchmarks/bench_decode.py                   # writes benchmarks/results/decode.{json,md}
     python benchmarks/bench_decode.py --images 100 --out /tmp/quick
 
-Optional peers are measured when installed: opencv-python-headless, PyTurboJPEG (with libturbojpeg).
+Optional peers are measured when installed: opencv-python-headless, PyTurboJPEG (with libturbojpeg). The fastload
+rows are measured with the partial JPEG decoder (the optional extension fastload.ops._jpegcrop) and without it
+(full decode, as with FASTLOAD_NO_JPEGCROP=1) when it is built.
 """
 from __future__ import annotations
 
@@ -34,8 +36,25 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from machine import machine_info  # noqa: E402
 
 from fastload.demo_data import make_photo_imagefolder  # noqa: E402
-from fastload.ops import DecodeCenterCrop, DecodeRandomResizedCrop, compile_pipeline  # noqa: E402
+from fastload.ops import DecodeCenterCrop, DecodeRandomResizedCrop, compile_pipeline, jpeg  # noqa: E402
 from fastload.ops.crop import CropBox, dct_scale_for  # noqa: E402
+
+_PARTIAL = jpeg._decode_crop           # None when the extension is not built or FASTLOAD_NO_JPEGCROP=1
+
+
+def decoders() -> dict[str, object]:
+    """fastload's JPEG region decoders to compare: partial (when built) and full."""
+    return {"partial decode": _PARTIAL, "full decode": None} if _PARTIAL is not None else {"full decode": None}
+
+
+def with_decoder(decoder, fn: Callable) -> Callable:
+    def run(*args):
+        jpeg._decode_crop = decoder
+        try:
+            return fn(*args)
+        finally:
+            jpeg._decode_crop = _PARTIAL
+    return run
 
 try:
     import cv2
@@ -208,12 +227,12 @@ def bench_rrc(datas: list[bytes], size: int, passes: int, seed: int, wh: tuple[i
         cands = {k: v for k, v in cands.items() if any(o in k for o in only)}
     fns: dict[str, Callable[[int], None]] = {
         name: (lambda i, fn=fn: fn(datas[i], boxes[i], out)) for name, fn in cands.items()}
-    for name, ops in [("fastload DecodeRandomResizedCrop (pipeline.run_into, own draws)", [op]),
-                      ("fastload DecodeRandomResizedCrop(resizer='torch') (run_into, own draws)",
-                       [DecodeRandomResizedCrop(size, resizer="torch")])]:
-        pipeline = compile_pipeline(None, ops)
-        rngs = [np.random.default_rng([seed, i]) for i in range(len(datas))]
-        fns[name] = lambda i, p=pipeline, r=rngs: p.run_into(datas[i], wh, out, r[i])
+    for resizer in ("torch", "pil"):
+        for dname, decoder in decoders().items():
+            name = f"fastload DecodeRandomResizedCrop(resizer='{resizer}'), {dname} (run_into, own draws)"
+            pipeline = compile_pipeline(None, [DecodeRandomResizedCrop(size, resizer=resizer)])
+            rngs = [np.random.default_rng([seed, i]) for i in range(len(datas))]
+            fns[name] = with_decoder(decoder, lambda i, p=pipeline, r=rngs: p.run_into(datas[i], wh, out, r[i]))
     times = time_per_image(fns, len(datas), passes)
     rows = {}
     for name, ms in times.items():
@@ -263,13 +282,21 @@ def bench_resizers(datas: list[bytes], size: int, passes: int, seed: int, wh: tu
             cv2.imdecode(np.frombuffer(datas[i], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     if _tj is not None:
         decoders["PyTurboJPEG RGB"] = lambda i: _tj.decode(datas[i], pixel_format=turbojpeg.TJPF_RGB)
+    if _PARTIAL is not None:
+        frame = np.empty((wh[1], wh[0], 3), np.uint8)
+
+        def crop_only(i):   # what DecodeRandomResizedCrop(resizer="torch") decodes: the box, one column more
+            b = boxes[i]
+            x0, x1 = max(b.left - 1, 0), min(b.left + b.width + 1, wh[0])
+            _PARTIAL(datas[i], x0, b.top, x1 - x0, b.height, 1, frame, 3, True)
+        decoders["fastload._jpegcrop RGB, all of it"] = lambda i: _PARTIAL(datas[i], 0, 0, wh[0], wh[1], 1, frame)
+        decoders[f"fastload._jpegcrop RGB, RRC({size}) box only (partial decode)"] = crop_only
     full = {name: summary(ms) for name, ms in time_per_image(decoders, len(datas), passes).items()}
     return {"resize_kernels": rows, "full_decode": full}
 
 
 def bench_center(datas: list[bytes], passes: int, wh: tuple[int, int]) -> dict:
     out = np.empty((224, 224, 3), np.uint8)
-    p = compile_pipeline(None, [DecodeCenterCrop(224, 256)])
 
     def pil_tv(i):
         im = Image.open(io.BytesIO(datas[i])).convert("RGB")
@@ -278,9 +305,12 @@ def bench_center(datas: list[bytes], passes: int, wh: tuple[int, int]) -> dict:
         im = im.resize((nw, nh), Image.BILINEAR)
         l, t = int(round((nw - 224) / 2)), int(round((nh - 224) / 2))
         np.copyto(out, np.asarray(im.crop((l, t, l + 224, t + 224))))
-    times = time_per_image({"PIL decode + Resize(256) + CenterCrop(224) (torchvision PIL path)": pil_tv,
-                            "fastload DecodeCenterCrop(224, 256)": lambda i: p.run_into(datas[i], wh, out, None)},
-                           len(datas), passes)
+    fns = {"PIL decode + Resize(256) + CenterCrop(224) (torchvision PIL path)": pil_tv}
+    for dname, decoder in decoders().items():
+        p = compile_pipeline(None, [DecodeCenterCrop(224, 256)])
+        fns[f"fastload DecodeCenterCrop(224, 256), {dname}"] = with_decoder(
+            decoder, lambda i, p=p: p.run_into(datas[i], wh, out, None))
+    times = time_per_image(fns, len(datas), passes)
     return {name: summary(ms) for name, ms in times.items()}
 
 
@@ -294,6 +324,10 @@ def machine() -> dict:
     if turbojpeg is not None:
         info["versions"]["pyturbojpeg"] = getattr(turbojpeg, "__version__", "?")
     info["threads"] = "1 (torch.set_num_threads(1), cv2.setNumThreads(1))"
+    if _PARTIAL is not None:
+        from fastload.ops import _jpegcrop
+        v = _jpegcrop.LIBJPEG_TURBO_VERSION_NUMBER
+        info["versions"]["fastload._jpegcrop libjpeg-turbo"] = f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
     info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     return info
 
@@ -328,7 +362,7 @@ def markdown(res: dict) -> str:
             out += table(r["candidates"], cols) + [""]
     out += ["## Resize kernels alone (decoded 500x375 -> 224x224, same boxes)", ""]
     out += table(res["resizers"]["resize_kernels"], cols) + [""]
-    out += ["## Full decode alone (500x375)", ""]
+    out += ["## Decode alone (500x375; partial: the RRC(224) boxes above)", ""]
     out += table(res["resizers"]["full_decode"], cols[:3]) + [""]
     out += ["## Validation: Resize(256) + CenterCrop(224), 500x375", ""]
     out += table(res["center"], cols[:3]) + [""]

@@ -9,7 +9,7 @@ from fastload.ops.crop import (CropBox, center_span, dct_scale_for, pair, random
                                resized_size)
 from fastload.ops.jpeg import DecodeStats, decode_array, decode_image, scratch_array
 from fastload.ops.op import ImageDecodeOp, InplaceOp, Shape, require_rng
-from fastload.ops.resize import flip_horizontal_, resize_array_into_torch, resize_box_into
+from fastload.ops.resize import flip_horizontal_, resize_array_into_torch, resize_box_into, resize_box_region
 
 RESIZERS = ("pil", "torch")
 
@@ -77,13 +77,16 @@ class DecodeRandomResizedCrop(ImageDecodeOp):
                     mirror: bool = False) -> None:
         scale = self.dct_scale(plan)
         left, top, width, height = plan
+        box = (left, top, left + width, top + height)
+        # only the pixels the resize reads are decoded when the partial JPEG decoder is there (jpeg.py)
         if self.resizer == "torch" and scale == 1 and out.flags.c_contiguous:
-            full = decode_array(raw, size, scratch_array((size[1], size[0], 3)), self.stats)
+            full = decode_array(raw, size, scratch_array((size[1], size[0], 3)), self.stats, region=box)
             resize_array_into_torch(full[top:top + height, left:left + width], out)
             if mirror:
                 flip_horizontal_(out)
             return
-        image, s = decode_image(raw, size, scale, self.stats)
+        region = resize_box_region(box, out.shape[1], out.shape[0], scale)
+        image, s = decode_image(raw, size, scale, self.stats, region=region)
         resize_box_into(image, (left / s, top / s, (left + width) / s, (top + height) / s), out, mirror)
 
 
@@ -114,7 +117,11 @@ class DecodeCenterCrop(ImageDecodeOp):
         w, h = size
         rw, rh = resized_size(w, h, self.resize)
         ys, xs = center_span(rh, self.size[0]), center_span(rw, self.size[1])
-        image, s = decode_image(raw, size, self.dct_scale(w, h), self.stats)
+        scale = self.dct_scale(w, h)
+        source_box = (xs.src_start * w / rw, ys.src_start * h / rh,
+                      (xs.src_start + xs.length) * w / rw, (ys.src_start + ys.length) * h / rh)
+        region = resize_box_region(source_box, xs.length, ys.length, scale)
+        image, s = decode_image(raw, size, scale, self.stats, region=region)
         fx, fy = w / rw / s, h / rh / s          # resized pixel -> decoded pixel
         box = (xs.src_start * fx, ys.src_start * fy,
                (xs.src_start + xs.length) * fx, (ys.src_start + ys.length) * fy)

@@ -1,7 +1,10 @@
 """Decode encoded images to RGB: a libjpeg-turbo fast path (simplejpeg) for JPEGs, PIL for everything else.
 
 The fast path decodes baseline and progressive JPEGs (YCbCr, RGB or grayscale) straight into a reused
-per-thread buffer, DCT-downscaled by 2, 4 or 8 when asked. CMYK/YCCK JPEGs, PNG and every other format PIL
+per-thread buffer, DCT-downscaled by 2, 4 or 8 when asked. When the caller names the ``region`` it will read
+and the optional extension ``fastload.ops._jpegcrop`` is built (libjpeg-turbo's libjpeg API), 3-component
+YCbCr JPEGs decode only that region (rows above it skipped, columns outside it not transformed, decoding
+stopped below it); ``FASTLOAD_NO_JPEGCROP=1`` turns that off. CMYK/YCCK JPEGs, PNG and every other format PIL
 reads, and JPEGs that libjpeg-turbo flags as damaged, go through PIL and ``convert("RGB")`` (so the result
 is what torchvision's PIL loader gives). Anything that cannot be decoded raises
 :class:`fastload.errors.CorruptRecordError` (chained from the codec's exception), never anything else.
@@ -9,6 +12,8 @@ is what torchvision's PIL loader gives). Anything that cannot be decoded raises
 from __future__ import annotations
 
 import io
+import math
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -24,6 +29,20 @@ _JPEG_MAGIC = b"\xff\xd8"
 _FAST_COLORSPACES = {"YCbCr", "Gray", "RGB"}      # libjpeg-turbo converts these to RGB itself
 _local = threading.local()
 
+Region = tuple[float, float, float, float]     # left, top, right, bottom in source pixels
+
+try:
+    if os.environ.get("FASTLOAD_NO_JPEGCROP", "") not in ("", "0"):
+        raise ImportError("disabled by FASTLOAD_NO_JPEGCROP")
+    from fastload.ops._jpegcrop import decode_crop as _decode_crop
+except ImportError:         # not built (no libjpeg-turbo headers at install time) or disabled
+    _decode_crop = None
+
+
+def partial_decode_available() -> bool:
+    """Whether region decodes use the partial JPEG decoder (the ``_jpegcrop`` extension)."""
+    return _decode_crop is not None
+
 
 @dataclass
 class DecodeStats:
@@ -32,10 +51,12 @@ class DecodeStats:
     decoded: int = 0
     pil_fallback: int = 0
     dct_scaled: dict[int, int] = field(default_factory=dict)   # DCT scale factor -> images
+    partial: int = 0        # images decoded only over the region the op reads (the _jpegcrop extension)
 
-    def count(self, scale: int, fallback: bool) -> None:
+    def count(self, scale: int, fallback: bool, partial: bool = False) -> None:
         self.decoded += 1
         self.pil_fallback += fallback
+        self.partial += partial
         if scale > 1:
             self.dct_scaled[scale] = self.dct_scaled.get(scale, 0) + 1
 
@@ -94,6 +115,28 @@ def _load_rgb(im: Image.Image) -> Image.Image:
         raise CorruptRecordError(f"cannot decode {im.format or 'image'} ({im.mode}): {e}") from e
 
 
+def _decode_partial(data: Raw, scale: int, region: Region, frame: np.ndarray) -> bool:
+    """Decode the part of a YCbCr JPEG that ``region`` (source pixels) needs, DCT-scaled by ``scale``, into
+    ``frame``: the whole scaled image, ``(sh, sw, 3 or 4)`` C-contiguous (pixels outside the region are left
+    unspecified). False when the extension is not there or libjpeg reports anything: decode fully then."""
+    if _decode_crop is None or not frame.flags.c_contiguous or bytes(data[-2:]) != b"\xff\xd9":
+        # without an EOI marker at the end the file is likely truncated: the full decode path reports that
+        # (a partial decode stops above the damage and would not notice)
+        return False
+    sh, sw, channels = frame.shape
+    left, top, right, bottom = region
+    # one more column each side: libjpeg's fancy upsampling treats the cropped columns' edges as image edges
+    x0, x1 = max(math.floor(left / scale) - 1, 0), min(math.ceil(right / scale) + 1, sw)
+    y0, y1 = max(math.floor(top / scale), 0), min(math.ceil(bottom / scale), sh)
+    if x0 >= x1 or y0 >= y1:
+        return False
+    try:
+        _decode_crop(data, x0, y0, x1 - x0, y1 - y0, scale, frame, channels, True)
+    except ValueError:
+        return False
+    return True
+
+
 def image_size(raw: Raw) -> tuple[int, int]:
     """``(w, h)`` from the header alone (as PIL reports it: no EXIF rotation)."""
     data = _as_buffer(raw)
@@ -104,12 +147,14 @@ def image_size(raw: Raw) -> tuple[int, int]:
 
 
 def decode_image(raw: Raw, size: tuple[int, int] | None, scale: int = 1,
-                 stats: DecodeStats | None = None) -> tuple[Image.Image, int]:
+                 stats: DecodeStats | None = None, region: Region | None = None) -> tuple[Image.Image, int]:
     """Decode ``raw`` to an RGB-family PIL image, DCT-downscaled by ``scale`` (1, 2, 4, 8) if the codec can.
 
     Returns ``(image, applied_scale)``; source pixel ``x`` maps to ``x / applied_scale`` in the image. The
     fast path returns an ``RGBX`` image that maps this thread's scratch buffer: use it before the next
     decode on the same thread. ``size`` is the stored ``(w, h)``; a mismatch raises CorruptRecordError.
+    ``region`` (left, top, right, bottom in source pixels): the caller reads only the pixels there, so
+    only those may be decoded (the rest of the image is then unspecified); its pixels are exact.
     """
     data = _as_buffer(raw)
     head = _jpeg_header(data)
@@ -120,6 +165,12 @@ def decode_image(raw: Raw, size: tuple[int, int] | None, scale: int = 1,
             if scale > 1 and min(w, h) < 8 * scale:
                 scale = 1
             sw, sh = -(-w // scale), -(-h // scale)
+            if region is not None and colorspace == "YCbCr":
+                frame = _scratch(sw * sh * 4).reshape(sh, sw, 4)
+                if _decode_partial(data, scale, region, frame):
+                    if stats is not None:
+                        stats.count(scale, False, True)
+                    return Image.frombuffer("RGBX", (sw, sh), frame, "raw", "RGBX", 0, 1), scale
             try:
                 arr = simplejpeg.decode_jpeg(data, colorspace="RGBX", min_width=sw, min_height=sh,
                                              buffer=_scratch(sw * sh * 4), strict=True)
@@ -143,8 +194,12 @@ def decode_image(raw: Raw, size: tuple[int, int] | None, scale: int = 1,
 
 
 def decode_array(raw: Raw, size: tuple[int, int] | None, out: np.ndarray | None = None,
-                 stats: DecodeStats | None = None) -> np.ndarray:
-    """Full decode to an ``(h, w, 3)`` uint8 RGB array, written into ``out`` when given."""
+                 stats: DecodeStats | None = None, region: Region | None = None) -> np.ndarray:
+    """Full decode to an ``(h, w, 3)`` uint8 RGB array, written into ``out`` when given.
+
+    ``region`` (left, top, right, bottom in source pixels; needs ``out``): only those pixels are read by the
+    caller, so only they may be decoded (the rest of ``out`` is then unspecified).
+    """
     data = _as_buffer(raw)
     head = _jpeg_header(data)
     if head is not None:
@@ -152,6 +207,11 @@ def decode_array(raw: Raw, size: tuple[int, int] | None, out: np.ndarray | None 
         _check_size((w, h), size)
         if out is not None and out.shape != (h, w, 3):
             raise ValueError(f"out has shape {out.shape}, the image needs {(h, w, 3)}")
+        if (region is not None and out is not None and colorspace == "YCbCr"
+                and _decode_partial(data, 1, region, out)):
+            if stats is not None:
+                stats.count(1, False, True)
+            return out
         if colorspace in _FAST_COLORSPACES:
             try:
                 arr = simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out, strict=True)

@@ -29,6 +29,20 @@ def resize_box_into(image: Image.Image, box: Box, out: np.ndarray, mirror: bool 
     np.copyto(out, np.frombuffer(resized.tobytes("raw", "RGB"), np.uint8).reshape(oh, ow, 3))
 
 
+def resize_box_region(box: Box, out_w: int, out_h: int, scale: int = 1) -> Box:
+    """The source pixels that :func:`resize_box_into` reads to resize ``box`` to ``out_w`` x ``out_h``.
+
+    ``box`` and the result are in source pixels (left, top, right, bottom); the image it resizes is the
+    source DCT-downscaled by ``scale`` (``box / scale`` in it). PIL's bilinear filter reaches
+    ``max(box / out, 1)`` decoded pixels beyond the box (its support, widened by the downscale factor); one
+    decoded pixel more covers PIL's rounding of the window ends. A decoder may skip everything outside.
+    """
+    left, top, right, bottom = box
+    pad_x = max((right - left) / out_w, scale) + scale
+    pad_y = max((bottom - top) / out_h, scale) + scale
+    return left - pad_x, top - pad_y, right + pad_x, bottom + pad_y
+
+
 def flip_horizontal_(arr: np.ndarray) -> None:
     """Mirror an ``(h, w, ...)`` array left-right in place."""
     if arr.ndim == 3 and arr.flags.c_contiguous:

@@ -1,0 +1,262 @@
+"""The optional partial JPEG decoder (fastload.ops._jpegcrop) and its use by the decode ops.
+
+Skipped when the extension is not built (no libjpeg-turbo headers at install time). Measured on libjpeg-turbo
+2.1.5: a region decoded with one more column on each side equals the same region of a full decode exactly,
+at every DCT scale, for 4:2:0 / 4:2:2 / 4:4:4 and progressive JPEGs; without that column, the region's first
+and last columns may differ (by up to ~25 levels) where chroma is subsampled, because libjpeg's fancy
+upsampling treats the cropped columns' edges as image edges. Rows are always exact.
+"""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import simplejpeg
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+jc = pytest.importorskip("fastload.ops._jpegcrop", reason="partial JPEG decoder not built")
+
+from fastload.errors import CorruptRecordError  # noqa: E402
+from fastload.ops import (DecodeCenterCrop, DecodeRandomResizedCrop, RandomHorizontalFlip,  # noqa: E402
+                          compile_pipeline, jpeg)
+
+SUBSAMPLING = {"420": {"subsampling": 2}, "422": {"subsampling": 1}, "444": {"subsampling": 0},
+               "prog420": {"subsampling": 2, "progressive": True}, "prog422": {"subsampling": 1, "progressive": True}}
+
+
+def _photo(w: int, h: int) -> Image.Image:
+    import skimage.data
+    return Image.fromarray(skimage.data.astronaut()).resize((w, h))
+
+
+def _jpeg(w: int, h: int, kind: str, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    _photo(w, h).save(buf, "JPEG", quality=quality, **SUBSAMPLING[kind])
+    return buf.getvalue()
+
+
+SIZES = [(500, 375), (97, 61), (17, 9)]
+SOURCES = {(w, h, k): _jpeg(w, h, k) for w, h in SIZES for k in SUBSAMPLING}
+
+
+def _full(data: bytes, w: int, h: int, s: int, channels: int = 3) -> np.ndarray:
+    sw, sh = -(-w // s), -(-h // s)
+    out = np.empty((sh, sw, channels), np.uint8)
+    jc.decode_crop(data, 0, 0, sw, sh, s, out, channels)
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(SUBSAMPLING))
+@pytest.mark.parametrize("s", [1, 2, 4, 8])
+def test_full_decode_equals_simplejpeg(kind, s):
+    w, h = 500, 375
+    data = SOURCES[(w, h, kind)]
+    ref = simplejpeg.decode_jpeg(data, min_width=-(-w // s), min_height=-(-h // s))
+    np.testing.assert_array_equal(_full(data, w, h, s), ref)
+    rgbx = _full(data, w, h, s, 4)
+    np.testing.assert_array_equal(rgbx[..., :3], ref)
+
+
+@st.composite
+def regions(draw):
+    w, h, kind = draw(st.sampled_from(sorted(SOURCES)))
+    s = draw(st.sampled_from([1, 2, 4, 8]))
+    sw, sh = -(-w // s), -(-h // s)
+    edge = st.integers(0, 3)
+
+    def start(n: int) -> st.SearchStrategy[int]:    # boxes hugging the image edges come up often
+        return st.one_of(st.integers(0, n - 1), edge.map(lambda d: max(n - 1 - d, 0)), edge.map(lambda d: min(d, n - 1)))
+    x, y = draw(start(sw)), draw(start(sh))
+    rw = draw(st.one_of(st.integers(1, sw - x), st.just(sw - x)))
+    rh = draw(st.one_of(st.integers(1, sh - y), st.just(sh - y)))
+    return w, h, kind, s, x, y, rw, rh, draw(st.sampled_from([3, 4]))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(regions())
+def test_region_with_one_column_margin_equals_full_decode(r):
+    w, h, kind, s, x, y, rw, rh, channels = r
+    data = SOURCES[(w, h, kind)]
+    full = _full(data, w, h, s, channels)
+    sh, sw = full.shape[:2]
+    x0, x1 = max(x - 1, 0), min(x + rw + 1, sw)
+    out = np.empty((rh, x1 - x0, channels), np.uint8)
+    jc.decode_crop(data, x0, y, x1 - x0, rh, s, out, channels)
+    got, want = out[:, x - x0:x - x0 + rw], full[y:y + rh, x:x + rw]
+    np.testing.assert_array_equal(got[..., :3], want[..., :3])
+    # frame mode: the same pixels, at their place in a whole-image buffer
+    frame = np.zeros_like(full)
+    jc.decode_crop(data, x0, y, x1 - x0, rh, s, frame, channels, frame=True)
+    np.testing.assert_array_equal(frame[y:y + rh, x:x + rw, :3], want[..., :3])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(regions())
+def test_region_without_margin_differs_only_in_its_edge_columns(r):
+    w, h, kind, s, x, y, rw, rh, channels = r
+    data = SOURCES[(w, h, kind)]
+    full = _full(data, w, h, s)
+    out = np.empty((rh, rw, 3), np.uint8)
+    jc.decode_crop(data, x, y, rw, rh, s, out)
+    diff = np.abs(out.astype(np.int16) - full[y:y + rh, x:x + rw]).max(axis=(0, 2))
+    assert not diff[1:-1].any()                 # interior columns exact
+    assert diff.max() <= 40                     # edge columns: fancy upsampling's edge rule (measured <= 25)
+    if kind in ("444",):
+        assert not diff.any()                   # no chroma upsampling, no edge effect
+
+
+def _reject(data, *args, **kw):
+    with pytest.raises(ValueError):
+        jc.decode_crop(data, *args, **kw)
+
+
+def test_bad_arguments_and_formats_raise_value_error():
+    data = SOURCES[(97, 61, "420")]
+    out = np.empty((10, 10, 3), np.uint8)
+    _reject(data, 0, 0, 10, 10, 3, out)                               # scale
+    _reject(data, 0, 0, 10, 10, 1, out, 2)                            # channels
+    _reject(data, 0, 0, 10, 11, 1, out)                               # out size
+    _reject(data, 90, 0, 10, 10, 1, out)                              # outside the image
+    _reject(data, 0, 0, 10, 10, 8, out)                               # outside the 13x8 image at 1/8
+    _reject(data, -1, 0, 10, 10, 1, out)
+    _reject(data, 0, 0, 0, 10, 1, np.empty(0, np.uint8))
+    _reject(data, 0, 0, 10, 10, 1, np.empty((60, 97, 3), np.uint8), frame=True)  # frame size
+    for bad_out in (bytes(300), np.empty((61, 97, 3), np.uint8)[:10, :10]):      # read-only, not contiguous
+        with pytest.raises(TypeError):
+            jc.decode_crop(data, 0, 0, 10, 10, 1, bad_out)
+    _reject(b"", 0, 0, 10, 10, 1, out)
+    _reject(b"\xff\xd8\xff", 0, 0, 10, 10, 1, out)
+    im = _photo(97, 61)
+    for mode, fmt in [("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG")]:
+        buf = io.BytesIO()
+        im.convert(mode).save(buf, fmt)
+        _reject(buf.getvalue(), 0, 0, 10, 10, 1, out)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", keep_rgb=True)                               # Adobe RGB JPEG: not YCbCr
+    _reject(buf.getvalue(), 0, 0, 10, 10, 1, out)
+
+
+FUZZ_SOURCES = [SOURCES[(97, 61, k)] for k in ("420", "prog420", "444")]
+
+
+@st.composite
+def mangled(draw) -> bytes:
+    data = bytearray(draw(st.sampled_from(FUZZ_SOURCES)))
+    for _ in range(draw(st.integers(1, 6))):
+        if not data:
+            break
+        action = draw(st.sampled_from(["set", "truncate", "insert", "delete"]))
+        pos = draw(st.integers(0, len(data) - 1))
+        if action == "set":
+            data[pos] = draw(st.integers(0, 255))
+        elif action == "truncate":
+            del data[pos:]
+        elif action == "insert":
+            data[pos:pos + 0] = draw(st.binary(min_size=1, max_size=8))
+        else:
+            del data[pos:pos + draw(st.integers(1, 16))]
+    return bytes(data)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=mangled(), s=st.sampled_from([1, 2, 4, 8]), frac=st.tuples(*[st.floats(0, 1)] * 4),
+       channels=st.sampled_from([3, 4]))
+def test_mangled_bytes_decode_or_raise_value_error(data, s, frac, channels):
+    """Damaged data never crashes or exits the process: the region decodes or ValueError is raised."""
+    sw, sh = -(-97 // s), -(-61 // s)
+    x, y = int(frac[0] * (sw - 1)), int(frac[1] * (sh - 1))
+    w, h = 1 + int(frac[2] * (sw - x - 1)), 1 + int(frac[3] * (sh - y - 1))
+    for out, frame in [(np.empty((h, w, channels), np.uint8), False), (np.empty((sh, sw, channels), np.uint8), True)]:
+        try:
+            jc.decode_crop(data, x, y, w, h, s, out, channels, frame=frame)
+        except ValueError:
+            pass
+
+
+# ---------------------------------------------------------------- wiring into the decode ops
+OPS = [lambda: [DecodeRandomResizedCrop(224), RandomHorizontalFlip()],
+       lambda: [DecodeRandomResizedCrop(224, resizer="pil"), RandomHorizontalFlip()],
+       lambda: [DecodeRandomResizedCrop(48), RandomHorizontalFlip()],                 # DCT 1/2 .. 1/8
+       lambda: [DecodeRandomResizedCrop(32, reducing_gap=2)],
+       lambda: [DecodeRandomResizedCrop((100, 40), scale=(0.01, 1), ratio=(0.2, 5))],
+       lambda: [DecodeCenterCrop(224, 256)], lambda: [DecodeCenterCrop(64, 160)],
+       lambda: [DecodeCenterCrop(300, 256), RandomHorizontalFlip()]]                  # zero padding
+
+
+@pytest.fixture
+def with_partial(monkeypatch):
+    """Make sure the ops use the extension here (even when FASTLOAD_NO_JPEGCROP=1 disabled it at import)."""
+    monkeypatch.setattr(jpeg, "_decode_crop", jc.decode_crop)
+
+
+@pytest.mark.parametrize("which", range(len(OPS)))
+@pytest.mark.parametrize("kind", ["420", "422", "444", "prog420"])
+def test_ops_give_the_same_pixels_with_and_without_partial_decoding(which, kind, with_partial, monkeypatch):
+    for w, h in [(500, 375), (1024, 768), (61, 45)]:
+        data = _jpeg(w, h, kind)
+        part, full = compile_pipeline(None, OPS[which]()), compile_pipeline(None, OPS[which]())
+        for seed in range(12):
+            monkeypatch.setattr(jpeg, "_decode_crop", jc.decode_crop)
+            a = part.run(data, (w, h), np.random.default_rng(seed))
+            monkeypatch.setattr(jpeg, "_decode_crop", None)
+            b = full.run(data, (w, h), np.random.default_rng(seed))
+            np.testing.assert_array_equal(a, b)
+        assert part.stats.partial == part.stats.decoded == 12 and full.stats.partial == 0
+
+
+def test_other_jpegs_and_damaged_ones_take_the_full_path(with_partial):
+    im = _photo(120, 90)
+    p = compile_pipeline(None, [DecodeRandomResizedCrop(32)])
+    for mode in ("L", "CMYK"):
+        buf = io.BytesIO()
+        im.convert(mode).save(buf, "JPEG")
+        p.run(buf.getvalue(), (120, 90), np.random.default_rng(0))
+    assert p.stats.partial == 0 and p.stats.decoded == 2
+    data = _jpeg(120, 90, "420")
+    # truncated (no EOI at the end): decoded in full, so the damage is reported as before, whatever the crop
+    for seed in range(10):
+        with pytest.raises(CorruptRecordError):
+            p.run(data[:len(data) * 2 // 3], (120, 90), np.random.default_rng(seed))
+    # damage inside the decoded rows (a marker in the entropy-coded data): libjpeg's warning sends the image
+    # to the full path, as before (simplejpeg strict=True refuses it, PIL decides)
+    bad = data[:len(data) // 2] + b"\xff\xd3" + data[len(data) // 2:]
+    q = compile_pipeline(None, [DecodeRandomResizedCrop(32, scale=(1, 1), ratio=(4 / 3, 4 / 3))])
+    try:
+        q.run(bad, (120, 90), np.random.default_rng(0))
+    except CorruptRecordError:
+        pass
+    assert q.stats.partial == 0
+
+
+def test_damage_only_libjpeg_finish_notices_gives_the_same_pixels(with_partial, monkeypatch):
+    """Zeroed entropy-coded bytes decode without a warning until libjpeg looks for the EOI marker
+    ("extraneous bytes before marker 0xd9"), which a partial decode never reaches: it returns the region as
+    libjpeg decodes it, where the full path's strict decode refuses the file and PIL's (same algorithm)
+    decodes it. Same pixels."""
+    data = bytearray(_jpeg(120, 90, "420"))
+    data[len(data) // 2:len(data) // 2 + 40] = bytes(40)
+    for size in (32, 100):
+        part = compile_pipeline(None, [DecodeRandomResizedCrop(size)])
+        full = compile_pipeline(None, [DecodeRandomResizedCrop(size)])
+        for seed in range(5):
+            monkeypatch.setattr(jpeg, "_decode_crop", jc.decode_crop)
+            a = part.run(bytes(data), (120, 90), np.random.default_rng(seed))
+            monkeypatch.setattr(jpeg, "_decode_crop", None)
+            b = full.run(bytes(data), (120, 90), np.random.default_rng(seed))
+            np.testing.assert_array_equal(a, b)
+        assert part.stats.partial == 5 and full.stats.pil_fallback == 5
+
+
+def test_env_var_turns_partial_decoding_off():
+    code = "from fastload.ops import jpeg; print(jpeg.partial_decode_available())"
+    env = dict(os.environ, FASTLOAD_NO_JPEGCROP="1")
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    env.pop("FASTLOAD_NO_JPEGCROP")
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert (off.stdout.strip(), on.stdout.strip()) == ("False", "True")
