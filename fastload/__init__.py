@@ -22,6 +22,8 @@ _LAZY = {
     # fastload.convert is the conversion package, callable as convert(source, dst, ...)
     "convert": ("fastload.convert", None),
     "ops": ("fastload.ops", None),
+    # fastload.profile is the profiler package, callable as profile(loader_or_path, ...)
+    "profile": ("fastload.profile", None),
     "formats": ("fastload.formats", None),
 }
 
@@ -40,6 +42,7 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["DataLoader", "BlockShuffleSampler", "ShardDataset", "convert", "open_dataset", "ops", "formats",
+__all__ = ["DataLoader", "BlockShuffleSampler", "ShardDataset", "convert", "profile", "open_dataset", "ops",
+           "formats",
            "FastloadError", "FormatError", "CorruptRecordError", "SourceError", "WorkerError",
            "SharedMemoryError", "__version__"]

@@ -1,4 +1,4 @@
-"""``fastload`` command line: convert, inspect, verify, demo.
+"""``fastload`` command line: convert, inspect, verify, profile, demo.
 
 Each subcommand is an ``add_<name>(subparsers)`` function that registers its arguments and sets
 ``func`` to a ``cmd_<name>(args) -> int`` handler; add a new one to ``SUBCOMMANDS``.
@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fastload.errors import FastloadError
+from fastload.profile.cli import add_parser as add_profile
 
 
 # -- convert ------------------------------------------------------------------------------------------
@@ -199,7 +200,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- entry point --------------------------------------------------------------------------------------
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, add_inspect, add_verify,
-                                                                    add_demo]
+                                                                    add_profile, add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,6 +67,21 @@ def test_killed_main_process_workers_exit_and_segments_are_reclaimed(tmp_path):
     while any(_alive(w) for w in pids["workers"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(w) for w in pids["workers"]), "workers outlived a SIGKILLed parent"
-    assert _segments(pids["main"])                 # SIGKILL leaves no chance to clean up...
-    RingBuffer(1, 4096).close()                    # ...so the next ring created reclaims them
+    # SIGKILL leaves no chance to clean up, so the next ring created anywhere reclaims the segments
+    RingBuffer(1, 4096).close()
     assert not _segments(pids["main"])
+
+
+def test_segments_of_dead_processes_are_reclaimed_and_live_ones_kept():
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = SHM_DIR / f"{PREFIX}{dead}_ring0_test"
+    live = SHM_DIR / f"{PREFIX}{os.getppid()}_ring0_test"
+    stale.write_bytes(b"x")
+    live.write_bytes(b"x")
+    try:
+        RingBuffer(1, 4096).close()
+        assert not stale.exists() and live.exists()
+    finally:
+        for f in (stale, live):
+            f.unlink(missing_ok=True)
