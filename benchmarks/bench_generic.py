@@ -27,7 +27,7 @@ class Tiny(tud.Dataset):
     """Tiny samples: a scalar label and a 16-float feature (per-batch overhead dominates)."""
 
     def __len__(self):
-        return 32768
+        return 131072
 
     def __getitem__(self, i):
         return torch.full((16,), float(i)), i
@@ -40,7 +40,7 @@ class LargeTensor(tud.Dataset):
         self.base = torch.randint(0, 255, (16, 3, 224, 224), dtype=torch.uint8)
 
     def __len__(self):
-        return 2048
+        return 8192
 
     def __getitem__(self, i):
         return self.base[i % 16], i
@@ -50,7 +50,7 @@ class DictSamples(tud.Dataset):
     """Dict samples with several tensors, a numpy array and a string."""
 
     def __len__(self):
-        return 8192
+        return 32768
 
     def __getitem__(self, i):
         import numpy as np
@@ -91,7 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/generic")
     ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--cell", nargs=3, metavar=("LOADER", "DATASET", "WORKERS"), help=argparse.SUPPRESS)
     a = ap.parse_args()
