@@ -199,7 +199,7 @@ def main() -> int:
                      f"{s['cpu_s_per_image'] * 1e3:.2f} ms |" if base else f"| {p} | {v:.0f} | | | | |")
     fl = summary.get("fastload_shards", {}).get("images_per_s")
     m = doc["machine"]
-    md = [f"# Train pipeline benchmark\n",
+    md = ["# Train pipeline benchmark\n",
           f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_bytes'] / 2**30:.0f} GiB, Python {m['python']}; commit {m['commit']}.",
           f"Command: `{doc['command']}`\n",
           f"{a.workers} workers, batch {a.batch_size}, 5,000 real-photo JPEGs (500x375, q90, 10 classes); "

@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import torch
 import torch.utils.data as tud
 
@@ -35,14 +34,8 @@ class Frames(tud.Dataset):
 
 
 def tree_rss() -> int:
-    me = psutil.Process()
-    total = 0
-    for p in [me] + me.children(recursive=True):
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
+    from peak_memory import PeakTreeMemory
+    return PeakTreeMemory().sample()
 
 
 def shm_bytes() -> int:

@@ -56,7 +56,6 @@ def h2d_bandwidth() -> dict:
         registered = _timed(lambda: dev.copy_(host, non_blocking=True))
         pinned_t = torch.empty(shape, dtype=torch.uint8).pin_memory()
         pinned = _timed(lambda: dev.copy_(pinned_t, non_blocking=True))
-        del host
     finally:
         seg.close()
     gbs = lambda t: nbytes / t / 1e9

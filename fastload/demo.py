@@ -84,7 +84,7 @@ def run_demo(workdir: str | os.PathLike = "fastload-demo", images: int = 1000, w
     print(f"    batches: images {tuple(images_.shape)} {images_.dtype}, labels {tuple(labels.shape)} "
           f"{labels.dtype}; {n} images per epoch")
 
-    print(f"4/4 the same work with torch.utils.data.DataLoader over the JPEG files (PIL decode)")
+    print("4/4 the same work with torch.utils.data.DataLoader over the JPEG files (PIL decode)")
     ref = torch.utils.data.DataLoader(_FolderJPEGs(photos, size), batch_size=batch_size, shuffle=True,
                                       num_workers=workers, persistent_workers=True, drop_last=True)
     tv_rate, tv_ttfb, _ = _rate(ref, epochs)

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 
 def test_torchrun_two_ranks_cover_the_epoch_disjointly(tmp_path):

@@ -1,7 +1,6 @@
 """Exact mid-epoch resume: the resumed loader yields byte-identical batches, for any num_workers."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.utils.data as tud

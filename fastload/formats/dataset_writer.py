@@ -17,6 +17,7 @@ from fastload.formats.manifest import BACKENDS, Manifest, ShardEntry, write_mani
 from fastload.formats.records import PackedRecord, pack_record
 from fastload.formats.schema import Schema
 from fastload.formats.shard import SUFFIX, ShardWriter
+from fastload.liveness import pid_alive
 
 LMDB_FILE = "records.lmdb"
 TEMP_RE = re.compile(r"\.(tmp|old)-(\d+)$")
@@ -24,16 +25,6 @@ TEMP_RE = re.compile(r"\.(tmp|old)-(\d+)$")
 
 def temp_path(dst: Path, pid: int | None = None) -> Path:
     return dst.with_name(f"{dst.name}.tmp-{os.getpid() if pid is None else pid}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def clean_stale(dst: Path) -> list[Path]:
@@ -48,7 +39,7 @@ def clean_stale(dst: Path) -> list[Path]:
         if not m or p.name[: m.start()] != dst.name:
             continue
         pid = int(m.group(2))
-        if pid != os.getpid() and _pid_alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             raise FileExistsError(f"{p} belongs to a running conversion (pid {pid}); "
                                   "delete it if that process is not a fastload convert")
         shutil.rmtree(p, ignore_errors=True)

@@ -18,20 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SharedMemoryError
+from ..liveness import pid_alive
 
 SHM_DIR = Path(os.environ.get("FASTLOAD_SHM_DIR", "/dev/shm"))
 PREFIX = "fastload_"
 ALIGN = 4096
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def reclaim_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
@@ -48,7 +39,7 @@ def reclaim_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
             pid = int(name[len(PREFIX):].split("_", 1)[0])
         except ValueError:
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             try:
                 os.unlink(shm_dir / name)
                 removed.append(name)

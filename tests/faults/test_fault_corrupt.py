@@ -4,7 +4,6 @@ from __future__ import annotations
 import warnings
 
 import pytest
-import torch
 
 import fastload
 from fastload import ops
