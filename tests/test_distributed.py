@@ -25,3 +25,17 @@ def test_torchrun_two_ranks_cover_the_epoch_disjointly(tmp_path):
         assert set(a) | set(b) == set(range(101))                         # complete
         assert len(set(a) & set(b)) <= 1                                  # disjoint but for the one pad sample
     assert ranks[0]["epochs"][0] != ranks[0]["epochs"][1]                 # the epoch advanced by itself
+
+
+def test_distributed_order_matches_torch_distributed_sampler():
+    from torch.utils.data import DistributedSampler
+
+    from fastload.loader.order import DistributedOrder
+    for n in range(1, 14):
+        for world in range(1, 6):
+            for drop_last in (False, True):
+                for shuffle in (False, True):
+                    for rank in range(world):
+                        ours = DistributedOrder(n, rank, world, shuffle, 7, drop_last)
+                        ref = DistributedSampler(range(n), world, rank, shuffle, 7, drop_last)
+                        assert list(ours) == list(ref) and len(ours) == len(ref), (n, world, rank)
