@@ -129,8 +129,7 @@ class ShardDataset(torch.utils.data.Dataset):
                 return None
         return spec
 
-    def write_sample(self, index: int, outs: dict[str, np.ndarray], rng: np.random.Generator,
-                     timings: dict | None = None) -> None:
+    def write_sample(self, index: int, outs: dict[str, np.ndarray], rng: np.random.Generator | None) -> None:
         """Decode and augment record ``index`` straight into ``outs[field]`` (arrays of the spec's shapes)."""
         for f, out in outs.items():
             pipe = self.pipelines[f]

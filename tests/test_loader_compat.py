@@ -246,3 +246,20 @@ def test_pin_memory_without_cuda_warns_and_carries_on():
 def test_spawn_context_works():
     ref, got = _both(MapDS(12), batch_size=4, num_workers=2, multiprocessing_context="spawn")
     assert all(_eq(a, b) for a, b in zip(ref, got))
+
+
+def test_persistent_workers_with_an_iterable_dataset_run_several_epochs_like_torch():
+    kw = dict(batch_size=4, num_workers=2, persistent_workers=True, prefetch_factor=4)
+    ref_loader, got_loader = tud.DataLoader(RangeIterable(0, 23), **kw), fastload.DataLoader(RangeIterable(0, 23), **kw)
+    for _ in range(3):
+        ref, got = list(ref_loader), list(got_loader)
+        assert len(got) == len(ref) and all(_eq(a, b) for a, b in zip(ref, got))
+
+
+def _reversed_collate(batch):
+    return np.arange(len(batch) * 3)[::-1]          # a negative-stride array
+
+
+def test_negative_stride_arrays_in_a_batch_arrive_intact():
+    got = list(fastload.DataLoader(MapDS(6), batch_size=2, num_workers=1, collate_fn=_reversed_collate))
+    assert all(np.array_equal(b, np.arange(6)[::-1]) for b in got)

@@ -134,3 +134,36 @@ class Noisy2(tud.Dataset):
 
     def __getitem__(self, i):
         return i
+
+
+def test_after_a_distributed_resume_the_next_epoch_is_whole_and_new():
+    n, bs = 40, 4
+    make = lambda: fastload.DataLoader(Noisy2(n), batch_size=bs, shuffle=True, seed=2, rank=0, world_size=2)  # noqa: E731
+    ref = make()
+    ref_epochs = [torch.cat(list(ref)).tolist() for _ in range(2)]
+    loader = make()
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert torch.cat(list(resumed)).tolist() == ref_epochs[0][bs:]
+    assert torch.cat(list(resumed)).tolist() == ref_epochs[1]
+
+
+def test_resume_refuses_what_it_cannot_do_exactly():
+    loader = fastload.DataLoader(Noisy(), batch_size=4, shuffle=True, seed=1)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    with pytest.raises(ValueError, match="batch_size"):
+        fastload.DataLoader(Noisy(), batch_size=8, shuffle=True, seed=1).load_state_dict(state)
+
+    class Stream(tud.IterableDataset):
+        def __iter__(self):
+            return iter(range(20))
+    it_loader = fastload.DataLoader(Stream(), batch_size=4)
+    stream_it = iter(it_loader)
+    next(stream_it)
+    with pytest.raises(ValueError, match="map-style"):
+        fastload.DataLoader(Stream(), batch_size=4).load_state_dict(it_loader.state_dict())

@@ -56,7 +56,7 @@ class _ArenaPickler(pickle.Pickler):
             if not _tensor_ok(obj):
                 return None
             return self._tensor_id(obj)
-        if type(obj) is np.ndarray and not obj.dtype.hasobject:
+        if type(obj) is np.ndarray and not obj.dtype.hasobject and all(st >= 0 for st in obj.strides):
             t = torch.from_numpy(obj) if obj.dtype.isbuiltin and obj.dtype.kind in "biufc" else None
             if t is None:
                 return None

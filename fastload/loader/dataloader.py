@@ -7,7 +7,7 @@ import weakref
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, _DatasetKind
 
 from .inprocess import InProcessIter
 from .iterator import RingLoaderIter
@@ -19,11 +19,10 @@ from .transfer import DeviceTransfer, Pending, register_pinned
 class DataLoader(torch.utils.data.DataLoader):
     """Drop-in replacement for :class:`torch.utils.data.DataLoader`.
 
-    Every torch argument keeps its meaning, default and validation. Extra keyword-only arguments:
+    Every torch argument keeps its meaning, default and validation. Batches are never copied out of shared
+    memory: each one views its ring slot, and a slot is reused only once nothing views it any more, so a
+    batch you keep stays valid for as long as you keep it. Extra keyword-only arguments:
 
-
-    Batches are never copied out of shared memory: each one views its ring slot, and a slot is reused only
-    once nothing views it any more, so a batch you keep stays valid for as long as you keep it.
     * ``device``: deliver batches on this device (e.g. ``"cuda"``). Copies run on a side CUDA stream from
       page-locked ring slots, one batch ahead of the training step.
     * ``gpu_transforms``: callables run on the device after the copy, e.g. ``[ops.Normalize(mean, std)]``
@@ -73,6 +72,8 @@ class DataLoader(torch.utils.data.DataLoader):
             if sampler is not None or batch_sampler is not None:
                 raise ValueError("distributed=True makes the sampler (a DistributedSampler-like order): don't "
                                  "pass sampler or batch_sampler too")
+            if order == "block":
+                raise ValueError("order='block' is not available with distributed=True yet; use shuffle=True")
             rank, world_size = _rank_and_world(rank, world_size)
             sampler = DistributedOrder(len(dataset), rank, world_size, shuffle=bool(shuffle) or order == "random",
                                        seed=seed if seed is not None else 0, drop_last=drop_last)
@@ -102,7 +103,7 @@ class DataLoader(torch.utils.data.DataLoader):
         self.sampler.set_epoch(epoch)
 
     def __iter__(self):
-        if isinstance(self.sampler, DistributedOrder) and self._resume is None:
+        if isinstance(self.sampler, DistributedOrder):
             self.sampler.begin_pass()
         if self._resume is not None and self.persistent_workers and self._iterator is not None:
             self._iterator = None   # a resumed epoch starts on fresh workers (they are re-seeded)
@@ -148,6 +149,10 @@ class DataLoader(torch.utils.data.DataLoader):
 
         Restoring costs O(1) data work: no sample is loaded to get back to the saved step.
         """
+        if not self.in_order:
+            import warnings
+            warnings.warn("state_dict with in_order=False: batches were handed out as they completed, so a "
+                          "resume skips the first batches in sampler order, not the ones you saw", stacklevel=2)
         it = self._live() if self._live is not None else None
         batches = it._num_yielded if it is not None else 0
         dev = self._live_device() if self._live_device is not None else None
@@ -169,6 +174,12 @@ class DataLoader(torch.utils.data.DataLoader):
             raise ValueError(f"unknown fastload DataLoader state version {state.get('version')!r}")
         if state.get("base_seed") is None:   # saved before any epoch started: nothing to skip
             return
+        if state["batches"] and self._dataset_kind != _DatasetKind.Map:
+            raise ValueError("resuming mid-epoch needs a map-style dataset: an IterableDataset's position "
+                             "cannot be restored from outside (save at an epoch boundary instead)")
+        if state.get("distributed") is None and state["batches"] and state.get("batch_size") != self.batch_size:
+            raise ValueError(f"this state was saved with batch_size={state.get('batch_size')}; resuming with "
+                             f"batch_size={self.batch_size} would skip the wrong samples")
         self._resume = dict(state)
         d = state.get("distributed")
         if d is not None:
@@ -176,6 +187,7 @@ class DataLoader(torch.utils.data.DataLoader):
                 raise ValueError("this state was saved by a distributed=True loader; make this one distributed too")
             self.sampler.set_epoch(d["epoch"])
             self.sampler.start = d["consumed"]
+            self.sampler._passes = 0   # the next pass is the resumed one: it keeps epoch and start
 
     def _get_iterator(self):
         it = self._host_iterator()
@@ -218,9 +230,19 @@ class DeviceIter:
     def __len__(self) -> int:
         return len(self.inner)
 
+    def _settle(self) -> None:
+        """Wait for an issued copy to finish before its host memory may be recycled or unmapped."""
+        if self.pending is not None and self.pending.event is not None:
+            self.pending.event.synchronize()
+        self.pending = None
+
     def _reset(self, loader, first_iter: bool = False) -> None:   # persistent workers: a new epoch
+        self._settle()
         self.inner._reset(loader, first_iter)
-        self.pending, self.done = None, False
+        self.done = False
+
+    def __del__(self) -> None:
+        self._settle()
 
     def _start_next(self) -> Pending | None:
         if self.done:

@@ -24,8 +24,7 @@ class InProcessIter(_BaseDataLoaderIter):
             raise
         timings: dict = {"worker": -1, "samples": len(index)}
         batch, _ = self._batches.build(Job(-1, index, -1, None, self._aug_seed), None, timings)
-        if self._stats is not None:
-            self._stats.add(timings)
+        self._stats.add(timings)
         if self._pin_memory:
             batch = torch.utils.data._utils.pin_memory.pin_memory(batch, self._pin_memory_device)
         return batch

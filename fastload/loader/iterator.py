@@ -3,6 +3,7 @@ hand-out, iterable-dataset exhaustion), with batches carried in ring slots inste
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import weakref
 
@@ -17,13 +18,17 @@ from .ring import RingBuffer
 from .worker import GenericBatches, Job, Result
 
 
-def _cleanup(pool: WorkerPool, ring: RingBuffer) -> None:
+def _cleanup(pool: WorkerPool, ring: RingBuffer, owner_pid: int) -> None:
+    if os.getpid() != owner_pid:
+        return   # a forked child inherited this finalizer: the workers and segments are not its own
     pool.shutdown()
     ring.close()
 
 
 class RingLoaderIter(_BaseDataLoaderIter):
     """Iterator of :class:`fastload.DataLoader` when ``num_workers > 0``."""
+
+    _shutdown = True   # until the workers exist (so __del__ after a failed start does nothing)
 
     def __init__(self, loader, batches=None, on_new_segment=None) -> None:
         super().__init__(loader)
@@ -45,7 +50,7 @@ class RingLoaderIter(_BaseDataLoaderIter):
         except BaseException:
             self._ring.close()
             raise
-        self._finalizer = weakref.finalize(self, _cleanup, self._pool, self._ring)
+        self._finalizer = weakref.finalize(self, _cleanup, self._pool, self._ring, os.getpid())
         self._shutdown = False
         self._restart_workers = bool(getattr(loader, "restart_workers", False)) and \
             self._dataset_kind == _DatasetKind.Map
@@ -149,8 +154,10 @@ class RingLoaderIter(_BaseDataLoaderIter):
                 if info:
                     if len(info) == 3 or self._workers_status[info[0]]:
                         break
+                    # its worker ran out of data and dropped this job: no answer will come
                     del self._task_info[self._rcvd_idx]
                     self._ring.release(info[1])
+                    self._tasks_outstanding -= 1
                 self._rcvd_idx += 1
             else:
                 self._stats.end_epoch()

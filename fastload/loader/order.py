@@ -99,9 +99,10 @@ class DistributedOrder(Sampler[int]):
 
     def begin_pass(self) -> None:
         """Called by the loader as each epoch starts: the next epoch unless ``set_epoch`` chose one."""
-        if self._passes > 0 and not self._explicit_epoch:
-            self.epoch += 1
-            self.start = 0
+        if self._passes > 0:
+            self.start = 0   # only the pass being resumed starts mid-order
+            if not self._explicit_epoch:
+                self.epoch += 1
         self._passes += 1
         self._explicit_epoch = False
 

@@ -25,6 +25,18 @@ PREFIX = "fastload_"
 ALIGN = 4096
 
 
+def _pid_namespace() -> str:
+    """An id of this process's PID namespace: containers sharing /dev/shm but not PIDs must not reclaim
+    each other's segments on the strength of a PID that only looks dead from where they stand."""
+    try:
+        return format(os.stat("/proc/self/ns/pid").st_ino, "x")
+    except OSError:
+        return "0"
+
+
+_NS = _pid_namespace()
+
+
 def reclaim_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
     """Remove ring segments whose creating process no longer exists; return their names."""
     removed = []
@@ -35,10 +47,13 @@ def reclaim_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
     for name in names:
         if not name.startswith(PREFIX):
             continue
+        parts = name[len(PREFIX):].split("_")
         try:
-            pid = int(name[len(PREFIX):].split("_", 1)[0])
+            pid = int(parts[0])
         except ValueError:
             continue
+        if len(parts) < 2 or parts[1] != _NS:
+            continue   # made in another PID namespace (or by an older fastload): not ours to judge
         if pid != os.getpid() and not pid_alive(pid):
             try:
                 os.unlink(shm_dir / name)
@@ -63,7 +78,7 @@ class Segment:
     @classmethod
     def create(cls, size: int, tag: str, shm_dir: Path = SHM_DIR) -> "Segment":
         size = max(ALIGN, _round_up(size))
-        name = f"{PREFIX}{os.getpid()}_{tag}_{secrets.token_hex(4)}"
+        name = f"{PREFIX}{os.getpid()}_{_NS}_{tag}_{secrets.token_hex(4)}"
         path = shm_dir / name
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)

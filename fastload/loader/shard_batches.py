@@ -93,7 +93,10 @@ class ShardBatches:
             used = list(indices)
             for j, idx in enumerate(indices):
                 used[j] = self._write_one(idx, {k: v[j] for k, v in per_sample.items()}, job.seed, timings)
-            idx_arr = np.asarray(used, dtype=np.int64)
+            if used != list(indices):   # corrupt records were replaced: gathered fields must follow
+                idx_arr = np.asarray(used, dtype=np.int64)
+                for k in views.keys() - per_sample.keys():
+                    self.dataset.reader.gather(k, idx_arr, views[k])
         span(timings, "read+decode+augment", t0)
         out = []
         for name, shape, dtype, off in self.layout:

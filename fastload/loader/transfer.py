@@ -53,6 +53,8 @@ def apply_transforms(batch, transforms) -> Any:
     if isinstance(batch, torch.Tensor):
         return run(batch, plan.get(0, []))
     if isinstance(batch, Mapping):
+        if not isinstance(transforms, Mapping):
+            raise ValueError("the batch is a dict: give gpu_transforms as a dict {key: [ops]}")
         return {k: run(v, plan[k]) if k in plan else v for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
         items = [run(v, plan[i]) if i in plan else v for i, v in enumerate(batch)]
@@ -73,10 +75,7 @@ class DeviceTransfer:
     def __init__(self, device: str | torch.device, transforms: Sequence[Callable] | Mapping | None = None):
         self.device = torch.device(device)
         self.transforms = transforms
-        self.cuda = self.device.type == "cuda"
-        if self.cuda and not torch.cuda.is_available():
-            raise RuntimeError(f"device={str(self.device)!r} was asked for but CUDA is not available; "
-                               f"use device=None (batches stay in CPU memory) or device='cpu'")
+        self.cuda = self.device.type == "cuda"   # (DataLoader checked that CUDA is there)
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
 
     def start(self, batch) -> Pending:
@@ -91,14 +90,14 @@ class DeviceTransfer:
         return Pending(batch, moved, event)
 
     def finish(self, pending: Pending):
-        """Hand the batch to the caller's stream; release the host copy once the DMA is done."""
+        """Hand the batch to the caller's stream (the caller made sure the copy is done before dropping
+        the host batch)."""
         if pending.event is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(pending.event)
             for t in _tensors(pending.device):
                 if t.device.type == "cuda":
                     t.record_stream(current)
-            pending.event.synchronize()   # started a whole step ago: normally already complete
         pending.host = None
         return pending.device
 
@@ -110,7 +109,7 @@ def register_pinned(mm) -> Callable[[], None] | None:
     import numpy as np
     ptr = np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data
     cudart = torch.cuda.cudart()
-    err = cudart.cudaHostRegister(ptr, len(mm), 0)
+    err = cudart.cudaHostRegister(ptr, len(mm), 1)   # cudaHostRegisterPortable: pinned for every device
     if int(err) != 0:
         return None   # fall back to pageable copies; still correct
     return lambda: cudart.cudaHostUnregister(ptr)

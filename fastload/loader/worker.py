@@ -144,7 +144,6 @@ def worker_main(worker_id: int, num_workers: int, batches, job_conn, result_conn
                 continue
             if iteration_end:
                 continue
-            seg = _segment(segments, job)
             n = len(job.index) if hasattr(job.index, "__len__") else 1
             timings: dict = {"worker": worker_id, "samples": n}
             if init_error is not None:
@@ -152,6 +151,7 @@ def worker_main(worker_id: int, num_workers: int, batches, job_conn, result_conn
                 init_error = None
             else:
                 try:
+                    seg = _segment(segments, job)
                     batch, reserved = batches.build(job, seg, timings)
                     t0 = time.perf_counter()
                     packed = pack(batch, seg, reserved)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fastload.loader.ring import PREFIX, SHM_DIR, RingBuffer
+from fastload.loader.ring import _NS, PREFIX, SHM_DIR, RingBuffer
 
 VICTIM = Path(__file__).with_name("loader_victim.py")
 
@@ -75,13 +75,14 @@ def test_killed_main_process_workers_exit_and_segments_are_reclaimed(tmp_path):
 def test_segments_of_dead_processes_are_reclaimed_and_live_ones_kept():
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    stale = SHM_DIR / f"{PREFIX}{dead}_ring0_test"
-    live = SHM_DIR / f"{PREFIX}{os.getppid()}_ring0_test"
-    stale.write_bytes(b"x")
-    live.write_bytes(b"x")
+    stale = SHM_DIR / f"{PREFIX}{dead}_{_NS}_ring0_test"
+    live = SHM_DIR / f"{PREFIX}{os.getppid()}_{_NS}_ring0_test"
+    foreign = SHM_DIR / f"{PREFIX}{dead}_{_NS}0_ring0_test"     # another PID namespace: not ours to judge
+    for f in (stale, live, foreign):
+        f.write_bytes(b"x")
     try:
         RingBuffer(1, 4096).close()
-        assert not stale.exists() and live.exists()
+        assert not stale.exists() and live.exists() and foreign.exists()
     finally:
-        for f in (stale, live):
+        for f in (stale, live, foreign):
             f.unlink(missing_ok=True)
