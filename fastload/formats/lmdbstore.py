@@ -20,9 +20,10 @@ import lmdb
 import numpy as np
 
 from fastload.errors import CorruptRecordError, FormatError
+from fastload.formats.indexed import IndexedRecords
 from fastload.formats.records import (IndexBuilder, PackedRecord, check_align, index_row, pack_record,
                                       validate_index)
-from fastload.formats.schema import Field, ImageField, Schema
+from fastload.formats.schema import Field, Schema
 from fastload.formats.shard import MAX_HEADER, ShardInfo, parse_header, schema_from_header
 
 VERSION = 1
@@ -194,7 +195,7 @@ class LMDBWriter:
             self.abort()
 
 
-class LMDBReader:
+class LMDBReader(IndexedRecords):
     """Random access to an LMDB environment written by ``LMDBWriter``; same methods as ``ShardReader``.
 
     Views handed out stay valid for the life of the process (the environment is never unmapped).
@@ -259,12 +260,6 @@ class LMDBReader:
     def __repr__(self) -> str:
         return f"LMDBReader({str(self.path)!r}, records={self.num_records})"
 
-    def _field(self, field: str) -> Field:
-        try:
-            return self.schema[field]
-        except KeyError:
-            raise KeyError(f"no field {field!r}; fields are {list(self.schema)}") from None
-
     def record_bytes(self, i: int, index: int | None = None) -> memoryview:
         if not 0 <= i < self.num_records:
             raise IndexError(f"record {i} out of range for {self.path} ({self.num_records} records)")
@@ -295,33 +290,6 @@ class LMDBReader:
         except (ValueError, TypeError, RecursionError) as e:
             raise CorruptRecordError(f"field {field!r} cannot be read: {e}", str(self.path), i,
                                      index) from None
-
-    def image_size(self, i: int, field: str) -> tuple[int, int]:
-        if not isinstance(self._field(field), ImageField):
-            raise TypeError(f"field {field!r} is not an ImageField")
-        row = self.index[i]
-        return int(row[field + ".w"]), int(row[field + ".h"])
-
-    def column(self, field: str) -> np.ndarray:
-        f = self._field(field)
-        if isinstance(f, ImageField):
-            return np.stack([self.index[field + ".w"], self.index[field + ".h"]], axis=1)
-        if f.payload:
-            raise TypeError(f"field {field!r} ({f.kind}) is not stored in the index")
-        return self.index[field]
-
-    def check(self, i: int, index: int | None = None) -> None:
-        if zlib.crc32(self.record_bytes(i, index)) != self.index["_crc32"].item(i):
-            raise CorruptRecordError("checksum mismatch", str(self.path), i, index)
-
-    def bad_records(self) -> list[int]:
-        bad = []
-        for i in range(self.num_records):
-            try:
-                self.check(i)
-            except CorruptRecordError:
-                bad.append(i)
-        return bad
 
     def close(self) -> None:
         for name in ("index", "_access", "_lengths"):

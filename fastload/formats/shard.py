@@ -19,9 +19,10 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from fastload.errors import CorruptRecordError, FormatError
+from fastload.formats.indexed import IndexedRecords
 from fastload.formats.records import (IndexBuilder, PackedRecord, align_up, check_align, index_row,
                                       pack_record, validate_index)
-from fastload.formats.schema import Field, ImageField, Schema
+from fastload.formats.schema import Field, Schema
 
 MAGIC = b"\x89FLSHRD\n"
 TRAILER_MAGIC = b"\x89FLSEND\n"
@@ -153,7 +154,7 @@ def schema_from_header(header: dict, path: str) -> Schema:
         raise FormatError(f"bad schema in header: {e}", path) from None
 
 
-class ShardReader:
+class ShardReader(IndexedRecords):
     """Random access to one shard file through a read-only mmap.
 
     Payload fields come back as zero-copy views of the mapping; int/float fields from the index.
@@ -239,12 +240,6 @@ class ShardReader:
     def __repr__(self) -> str:
         return f"ShardReader({str(self.path)!r}, records={self.num_records})"
 
-    def _field(self, field: str) -> Field:
-        try:
-            return self.schema[field]
-        except KeyError:
-            raise KeyError(f"no field {field!r}; fields are {list(self.schema)}") from None
-
     def get(self, i: int, field: str, index: int | None = None) -> Any:
         """Field ``field`` of record ``i`` (see the field's ``unpack``); ``index`` only for messages."""
         try:
@@ -287,37 +282,12 @@ class ShardReader:
         return np.ndarray((self.num_records, *shape), dtype=dtype, buffer=self._mv, offset=first,
                           strides=(stride, *inner))
 
-    def record_bytes(self, i: int) -> memoryview:
-        """The whole stored record ``i`` (what its crc32 covers)."""
+    def record_bytes(self, i: int, index: int | None = None) -> memoryview:
+        """The whole stored record ``i`` (what its crc32 covers); ``index`` only for messages."""
         if not 0 <= i < self.num_records:
             raise IndexError(f"record {i} out of range for {self.path} ({self.num_records} records)")
         s = self.index["_offset"].item(i)
         return self._mv[s:s + self.index["_length"].item(i)]
-
-    def image_size(self, i: int, field: str) -> tuple[int, int]:
-        if not isinstance(self._field(field), ImageField):
-            raise TypeError(f"field {field!r} is not an ImageField")
-        row = self.index[i]
-        return int(row[field + ".w"]), int(row[field + ".h"])
-
-    def column(self, field: str) -> np.ndarray:
-        """Read-only view of an int/float field's values, or an image field's [N, 2] (w, h)."""
-        f = self._field(field)
-        if isinstance(f, ImageField):
-            return np.stack([self.index[field + ".w"], self.index[field + ".h"]], axis=1)
-        if f.payload:
-            raise TypeError(f"field {field!r} ({f.kind}) is not stored in the index")
-        return self.index[field]
-
-    def check(self, i: int, index: int | None = None) -> None:
-        """Raise CorruptRecordError if record ``i``'s bytes do not match its crc32."""
-        if zlib.crc32(self.record_bytes(i)) != self.index["_crc32"].item(i):
-            raise CorruptRecordError("checksum mismatch", str(self.path), i, index)
-
-    def bad_records(self) -> list[int]:
-        """Record numbers whose crc32 does not match."""
-        crcs = self.index["_crc32"]
-        return [i for i in range(self.num_records) if zlib.crc32(self.record_bytes(i)) != crcs.item(i)]
 
     def close(self) -> None:
         """Drop the mapping (it stays alive while views handed out still exist)."""
