@@ -36,7 +36,7 @@ class _FolderJPEGs(torch.utils.data.Dataset):
         im = im.resize((self.size, self.size), Image.BILINEAR, box=(b.left, b.top, b.left + b.width, b.top + b.height))
         if rng.random() < 0.5:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
-        return torch.from_numpy(np.asarray(im)).permute(2, 0, 1).contiguous(), label
+        return torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous(), label
 
 
 def _rate(loader, epochs: int) -> tuple[float, float, int]:
