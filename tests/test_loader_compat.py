@@ -263,3 +263,21 @@ def _reversed_collate(batch):
 def test_negative_stride_arrays_in_a_batch_arrive_intact():
     got = list(fastload.DataLoader(MapDS(6), batch_size=2, num_workers=1, collate_fn=_reversed_collate))
     assert all(np.array_equal(b, np.arange(6)[::-1]) for b in got)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_device_stage_applies_gpu_transforms_on_cpu(num_workers):
+    ds = tud.TensorDataset(torch.arange(40 * 3 * 4 * 4, dtype=torch.int64).remainder(256).to(torch.uint8)
+                           .view(40, 3, 4, 4), torch.arange(40))
+    loader = fastload.DataLoader(ds, batch_size=8, num_workers=num_workers, device="cpu",
+                                 gpu_transforms=[lambda x: x.float() / 255],
+                                 persistent_workers=num_workers > 0)
+    first = next(iter(loader))                    # break after one batch, then full epochs
+    for _ in range(2):
+        got = list(loader)
+        assert len(got) == len(loader) == 5
+        assert torch.allclose(torch.cat([b[0] for b in got]), ds.tensors[0].float() / 255)
+        assert torch.equal(torch.cat([b[1] for b in got]), ds.tensors[1])
+    assert torch.equal(first[1], ds.tensors[1][:8])
+    with pytest.raises(ValueError, match="device="):
+        fastload.DataLoader(ds, gpu_transforms=[lambda x: x])

@@ -201,7 +201,7 @@ class RingLoaderIter(_BaseDataLoaderIter):
             data = unpack(result.payload, True, self._ring.segment(result.slot).mm)
             self._held.append((result.slot, result.needed))
         else:
-            data = unpack(result.payload, False) if result.status == "ok" else result.payload
+            data = result.payload   # pickled whole (or an error): nothing in the slot
             self._recycle(result.slot, result.needed)
         if result.timings:
             self._stats.add(result.timings)

@@ -98,7 +98,6 @@ class DeviceTransfer:
             for t in _tensors(pending.device):
                 if t.device.type == "cuda":
                     t.record_stream(current)
-        pending.host = None
         return pending.device
 
 
