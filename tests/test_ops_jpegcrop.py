@@ -179,6 +179,95 @@ def test_mangled_bytes_decode_or_raise_value_error(data, s, frac, channels):
             pass
 
 
+# ---------------------------------------------------------------- decode + resize in one call
+def _exact_resize(data: bytes, box, out_hw, mirror: bool) -> np.ndarray:
+    """torchvision's crop + resize(antialias=True) computed in float64 from PIL's decode, rounded once."""
+    import torch
+    left, top, w, h = box
+    full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    x = torch.from_numpy(full[top:top + h, left:left + w].copy()).permute(2, 0, 1)[None].double()
+    y = torch.nn.functional.interpolate(x, size=out_hw, mode="bilinear", antialias=True, align_corners=False)
+    y = y.round().clamp(0, 255).byte()[0].permute(1, 2, 0).numpy()
+    return y[:, ::-1] if mirror else y
+
+
+@st.composite
+def resized_crops(draw):
+    w, h, kind = draw(st.sampled_from(sorted(SOURCES)))
+    bw, bh = draw(st.integers(1, w)), draw(st.integers(1, h))
+    left, top = draw(st.integers(0, w - bw)), draw(st.integers(0, h - bh))
+    # torch's double-precision antialiased kernel is wrong for a 1-pixel-wide output (PIL agrees with ours)
+    oh, ow = draw(st.integers(2, 260)), draw(st.integers(2, 260))
+    return w, h, kind, (left, top, bw, bh), (oh, ow), draw(st.booleans())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(resized_crops())
+def test_resized_crop_is_the_exact_filter_within_one_level(r):
+    """Any box (edges, 1-pixel boxes, upscaling, any aspect) of any subsampling, progressive too: at most 1
+    level from the float64 reference (one rounding; torch's uint8 kernel and PIL round twice)."""
+    w, h, kind, box, out_hw, mirror = r
+    data = SOURCES[(w, h, kind)]
+    out = np.empty((*out_hw, 3), np.uint8)
+    assert jc.decode_resized_crop(data, *box, out, mirror, w, h, 1000.0) == 8      # no DCT downscale
+    ref = _exact_resize(data, box, out_hw, mirror)
+    assert np.abs(out.astype(np.int16) - ref).max() <= 1
+
+
+def test_resized_crop_dct_scales_and_mirror():
+    w, h = 1024, 768
+    data = _jpeg(w, h, "420")
+    out, flipped = np.empty((100, 120, 3), np.uint8), np.empty((100, 120, 3), np.uint8)
+    # M: the smallest that keeps the box >= gap x (100, 120) on both axes (768 * M / 8 >= 100 gap, ...)
+    for box, gap, fine, m in [((0, 0, 1024, 768), 1.0, False, 2), ((0, 0, 1024, 768), 2.0, False, 4),
+                              ((10, 20, 300, 250), 1.0, False, 4), ((10, 20, 239, 250), 1.0, False, 8),
+                              ((0, 0, 1024, 768), 2.0, True, 3), ((0, 0, 1024, 768), 0.5, True, 1)]:
+        assert jc.decode_resized_crop(data, *box, out, False, w, h, gap, fine) == m
+        assert jc.decode_resized_crop(data, *box, flipped, True, w, h, gap, fine) == m
+        np.testing.assert_array_equal(flipped, out[:, ::-1])
+        # the DCT-downscaled decode is a different low-pass than the triangle filter: close, not exact
+        # (measured 0.4-1.3; 2.3 for gap 0.5, which upsamples a 1/8 decode)
+        err = np.abs(out.astype(np.int16) - _exact_resize(data, box, (100, 120), False)).mean()
+        assert err < (0.05 if m == 8 else 3.0 if gap < 1 else 2.0), (box, m, err)
+
+
+def test_resized_crop_refuses_what_it_cannot_do():
+    data = SOURCES[(97, 61, "420")]
+    out = np.empty((10, 10, 3), np.uint8)
+
+    def reject(exc, *args, **kw):
+        with pytest.raises(exc):
+            jc.decode_resized_crop(*args, **kw)
+    reject(ValueError, data, 0, 0, 10, 10, out, False, 98, 61)                    # not the size its record says
+    reject(ValueError, data, 90, 0, 10, 10, out)                                 # box outside the image
+    reject(ValueError, data, 0, 0, 0, 10, out)
+    reject(ValueError, data, -1, 0, 10, 10, out)
+    reject(ValueError, data, 0, 0, 10, 10, out, min_ratio=0.0)
+    reject(ValueError, data, 0, 0, 10, 10, np.empty((10, 10, 4), np.uint8))     # not (h, w, 3)
+    reject(ValueError, data, 0, 0, 10, 10, np.empty((10, 10, 3), np.float32))
+    reject((BufferError, ValueError), data, 0, 0, 10, 10, np.empty((10, 20, 3), np.uint8)[:, ::2])  # strided
+    reject((BufferError, TypeError), data, 0, 0, 10, 10, bytes(300))              # read-only
+    reject(ValueError, b"\xff\xd8\xff", 0, 0, 10, 10, out)
+    im = _photo(97, 61)
+    for mode, fmt in [("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG")]:
+        buf = io.BytesIO()
+        im.convert(mode).save(buf, fmt)
+        reject(ValueError, buf.getvalue(), 0, 0, 10, 10, out)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=mangled(), frac=st.tuples(*[st.floats(0, 1)] * 4), out_hw=st.tuples(st.integers(1, 64), st.integers(1, 64)),
+       gap=st.sampled_from([0.3, 1.0, 2.0]))
+def test_mangled_bytes_resize_or_raise_value_error(data, frac, out_hw, gap):
+    """Damaged data never crashes or exits the process: the fused call fills out or raises ValueError."""
+    x, y = int(frac[0] * 96), int(frac[1] * 60)
+    w, h = 1 + int(frac[2] * (96 - x)), 1 + int(frac[3] * (60 - y))
+    try:
+        jc.decode_resized_crop(data, x, y, w, h, np.empty((*out_hw, 3), np.uint8), bool(frac[0] > 0.5), 0, 0, gap)
+    except ValueError:
+        pass
+
+
 # ---------------------------------------------------------------- wiring into the decode ops
 OPS = [lambda: [DecodeRandomResizedCrop(224), RandomHorizontalFlip()],
        lambda: [DecodeRandomResizedCrop(224, resizer="pil"), RandomHorizontalFlip()],
@@ -193,11 +282,13 @@ OPS = [lambda: [DecodeRandomResizedCrop(224), RandomHorizontalFlip()],
 def with_partial(monkeypatch):
     """Make sure the ops use the extension here (even when FASTLOAD_NO_JPEGCROP=1 disabled it at import)."""
     monkeypatch.setattr(jpeg, "_decode_crop", jc.decode_crop)
+    monkeypatch.setattr(jpeg, "_decode_resized_crop", jc.decode_resized_crop)
 
 
 @pytest.mark.parametrize("which", range(len(OPS)))
 @pytest.mark.parametrize("kind", ["420", "422", "444", "prog420"])
 def test_ops_give_the_same_pixels_with_and_without_partial_decoding(which, kind, with_partial, monkeypatch):
+    monkeypatch.setattr(jpeg, "_decode_resized_crop", None)      # the fused call has its own tests below
     for w, h in [(500, 375), (1024, 768), (61, 45)]:
         data = _jpeg(w, h, kind)
         part, full = compile_pipeline(None, OPS[which]()), compile_pipeline(None, OPS[which]())
@@ -210,7 +301,7 @@ def test_ops_give_the_same_pixels_with_and_without_partial_decoding(which, kind,
         assert part.stats.partial == part.stats.decoded == 12 and full.stats.partial == 0
 
 
-def test_other_jpegs_and_damaged_ones_take_the_full_path(with_partial):
+def test_other_jpegs_and_damaged_ones_take_the_full_path(with_partial, monkeypatch):
     im = _photo(120, 90)
     p = compile_pipeline(None, [DecodeRandomResizedCrop(32)])
     for mode in ("L", "CMYK"):
@@ -235,10 +326,12 @@ def test_other_jpegs_and_damaged_ones_take_the_full_path(with_partial):
 
 
 def test_damage_only_libjpeg_finish_notices_gives_the_same_pixels(with_partial, monkeypatch):
-    """Zeroed entropy-coded bytes decode without a warning until libjpeg looks for the EOI marker
+    """The crop decoder's route (the fused call's is compared with its reference below).
+    Zeroed entropy-coded bytes decode without a warning until libjpeg looks for the EOI marker
     ("extraneous bytes before marker 0xd9"), which a partial decode never reaches: it returns the region as
     libjpeg decodes it, where the full path's strict decode refuses the file and PIL's (same algorithm)
     decodes it. Same pixels."""
+    monkeypatch.setattr(jpeg, "_decode_resized_crop", None)
     data = bytearray(_jpeg(120, 90, "420"))
     data[len(data) // 2:len(data) // 2 + 40] = bytes(40)
     for size in (32, 100):

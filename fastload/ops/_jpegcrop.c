@@ -34,6 +34,8 @@
 
 #include <jpeglib.h>
 
+#include "_aaresize.h"
+
 #if !defined(JCS_EXTENSIONS) || !defined(LIBJPEG_TURBO_VERSION_NUMBER) || LIBJPEG_TURBO_VERSION_NUMBER < 1005000
 #error "fastload.ops._jpegcrop needs libjpeg-turbo >= 1.5 (jpeg_crop_scanline, jpeg_skip_scanlines)"
 #endif
@@ -210,6 +212,215 @@ static PyObject *decode_crop(PyObject *self, PyObject *args, PyObject *kwargs) {
     return result;
 }
 
+/* ---------------------------------------------------------------- decode + antialiased resize in one call */
+
+typedef struct {
+    const unsigned char *data;
+    size_t size;
+    int src_w, src_h;                   /* the size the record claims (0: not checked) */
+    int left, top, width, height;       /* the crop box, source pixels */
+    unsigned char *out;
+    int oh, ow, mirror;
+    double min_ratio;                   /* the DCT-scaled box stays >= min_ratio x the output on both axes */
+    int fine;                           /* any scale M/8 (else 1/8, 2/8, 4/8, 8/8 only) */
+    int scale_num;                      /* result: the DCT scale used, M in M/8 */
+    char message[JMSG_LENGTH_MAX + 64];
+} resize_job;
+
+static __thread unsigned char *tl_pixels = NULL;
+static __thread size_t tl_pixels_cap = 0;
+static __thread float *tl_row = NULL;
+static __thread size_t tl_row_cap = 0;
+
+/* This thread's buffers (kept between calls: fresh large mallocs would page-fault on every image). */
+static int reserve(size_t pixels, size_t row_floats) {
+    if (pixels > tl_pixels_cap) {
+        unsigned char *p = (unsigned char *)realloc(tl_pixels, pixels);
+        if (p == NULL) return -1;
+        tl_pixels = p, tl_pixels_cap = pixels;
+    }
+    if (row_floats > tl_row_cap) {
+        float *r = (float *)realloc(tl_row, row_floats * sizeof(float));
+        if (r == NULL) return -1;
+        tl_row = r, tl_row_cap = row_floats;
+    }
+    return 0;
+}
+
+static int pick_scale(const resize_job *jb) {
+    for (int m = 1; m < 8; m++) {
+        if (!jb->fine && m != 1 && m != 2 && m != 4) continue;
+        if (jb->width * m >= 8.0 * jb->min_ratio * jb->ow && jb->height * m >= 8.0 * jb->min_ratio * jb->oh)
+            return m;
+    }
+    return 8;
+}
+
+static int run_resize_job(resize_job *jb) {
+    struct jpeg_decompress_struct cinfo;
+    error_mgr err;
+    aa_axis xs, ys;
+
+    memset(&cinfo, 0, sizeof(cinfo));
+    memset(&xs, 0, sizeof(xs));
+    memset(&ys, 0, sizeof(ys));
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = on_error_exit;
+    err.pub.emit_message = on_emit_message;
+    err.pub.output_message = on_output_message;
+    err.message[0] = '\0';
+    if (setjmp(err.jump)) {
+        snprintf(jb->message, sizeof(jb->message), "libjpeg: %s", err.message);
+        aa_axis_free(&xs);
+        aa_axis_free(&ys);
+        jpeg_destroy_decompress(&cinfo);
+        return -1;
+    }
+    jpeg_create_decompress(&cinfo);
+    jpeg_mem_src(&cinfo, jb->data, (unsigned long)jb->size);
+    jpeg_read_header(&cinfo, TRUE);
+    if (cinfo.num_components != 3 || cinfo.jpeg_color_space != JCS_YCbCr) {
+        snprintf(jb->message, sizeof(jb->message), "not a 3-component YCbCr JPEG (%d components, colour space %d)",
+                 cinfo.num_components, (int)cinfo.jpeg_color_space);
+        goto fail;
+    }
+    if (jb->src_w > 0 && ((int)cinfo.image_width != jb->src_w || (int)cinfo.image_height != jb->src_h)) {
+        snprintf(jb->message, sizeof(jb->message), "image is %ux%u but its record says %dx%d", cinfo.image_width,
+                 cinfo.image_height, jb->src_w, jb->src_h);
+        goto fail;
+    }
+    if (jb->left + jb->width > (int)cinfo.image_width || jb->top + jb->height > (int)cinfo.image_height) {
+        snprintf(jb->message, sizeof(jb->message), "box %dx%d+%d+%d outside the %ux%u image", jb->width,
+                 jb->height, jb->left, jb->top, cinfo.image_width, cinfo.image_height);
+        goto fail;
+    }
+    int m = pick_scale(jb);
+    cinfo.out_color_space = JCS_EXT_RGBX;
+    cinfo.scale_num = (unsigned int)m;
+    cinfo.scale_denom = 8;
+    jpeg_calc_output_dimensions(&cinfo);
+    int sw = (int)cinfo.output_width, sh = (int)cinfo.output_height;
+    /* the box in the scaled image: scaled pixel j covers source pixels [8j/m, 8(j+1)/m) */
+    double bx0 = jb->left * m / 8.0, bx1 = (jb->left + jb->width) * m / 8.0;
+    double by0 = jb->top * m / 8.0, by1 = (jb->top + jb->height) * m / 8.0;
+    int lox = (int)floor(bx0), hix = (int)ceil(bx1), loy = (int)floor(by0), hiy = (int)ceil(by1);
+    if (hix > sw) hix = sw;
+    if (hiy > sh) hiy = sh;
+    if (hix <= lox) hix = lox + 1;
+    if (hiy <= loy) hiy = loy + 1;
+    if (aa_axis_plan(&xs, bx0, bx1, lox, hix, jb->ow) || aa_axis_plan(&ys, by0, by1, loy, hiy, jb->oh)) {
+        snprintf(err.message, sizeof(err.message), "out of memory");
+        longjmp(err.jump, 1);
+    }
+    int r0 = ys.start[0], r1 = 0, c0 = xs.start[0], c1 = 0;
+    for (int i = 0; i < ys.n; i++) {
+        if (ys.start[i] < r0) r0 = ys.start[i];
+        if (ys.start[i] + ys.len[i] > r1) r1 = ys.start[i] + ys.len[i];
+    }
+    for (int i = 0; i < xs.n; i++) {
+        if (xs.start[i] < c0) c0 = xs.start[i];
+        if (xs.start[i] + xs.len[i] > c1) c1 = xs.start[i] + xs.len[i];
+    }
+    /* one more column each side: libjpeg's fancy upsampling treats the cropped columns' edges as image edges */
+    JDIMENSION xoff = (JDIMENSION)(c0 > 0 ? c0 - 1 : 0);
+    JDIMENSION end = (JDIMENSION)(c1 + 1 < sw ? c1 + 1 : sw);
+    if (end - xoff < MIN_CROP_WIDTH && (JDIMENSION)sw > end - xoff) {
+        end = xoff + MIN_CROP_WIDTH < (JDIMENSION)sw ? xoff + MIN_CROP_WIDTH : (JDIMENSION)sw;
+        xoff = end > MIN_CROP_WIDTH ? end - MIN_CROP_WIDTH : 0;
+    }
+    JDIMENSION cw = end - xoff;
+    jpeg_start_decompress(&cinfo);
+    if (xoff != 0 || cw != cinfo.output_width)
+        jpeg_crop_scanline(&cinfo, &xoff, &cw);
+    size_t stride = (size_t)cw * 4;
+    if (reserve(stride * (size_t)(r1 - r0), ((size_t)(c1 - c0) + (size_t)xs.stride + (size_t)jb->ow) * 4)) {
+        snprintf(err.message, sizeof(err.message), "out of memory");
+        longjmp(err.jump, 1);
+    }
+    if (r0 > 0) {
+        JDIMENSION skipped = jpeg_skip_scanlines(&cinfo, (JDIMENSION)r0);
+        if (skipped != (JDIMENSION)r0) {
+            snprintf(err.message, sizeof(err.message), "skipped %u of %d rows", skipped, r0);
+            longjmp(err.jump, 1);
+        }
+    }
+    for (int r = r0; r < r1;) {
+        JSAMPROW rows[4];
+        int n = r1 - r < 4 ? r1 - r : 4;
+        for (int k = 0; k < n; k++) rows[k] = tl_pixels + (size_t)(r - r0 + k) * stride;
+        JDIMENSION got = jpeg_read_scanlines(&cinfo, rows, (JDIMENSION)n);
+        if (got == 0) {
+            snprintf(err.message, sizeof(err.message), "short read at row %d", r);
+            longjmp(err.jump, 1);
+        }
+        r += (int)got;
+    }
+    jpeg_abort_decompress(&cinfo);
+    aa_resample(tl_pixels, stride, r0, (int)xoff, (int)cw, &ys, &xs, jb->out, (size_t)jb->ow * 3, jb->mirror,
+                tl_row);
+    jb->scale_num = m;
+    aa_axis_free(&xs);
+    aa_axis_free(&ys);
+    jpeg_destroy_decompress(&cinfo);
+    return 0;
+fail:
+    aa_axis_free(&xs);
+    aa_axis_free(&ys);
+    jpeg_destroy_decompress(&cinfo);
+    return -1;
+}
+
+static PyObject *decode_resized_crop(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"data", "left", "top", "width", "height", "out", "mirror", "src_w", "src_h",
+                             "min_ratio", "fine", NULL};
+    Py_buffer data, out;
+    Py_ssize_t left, top, width, height, src_w = 0, src_h = 0;
+    PyObject *out_obj;
+    int mirror = 0, fine = 1;
+    double min_ratio = 1.0;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*nnnnO|pnndp", kwlist, &data, &left, &top, &width, &height,
+                                     &out_obj, &mirror, &src_w, &src_h, &min_ratio, &fine))
+        return NULL;
+    if (PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (out.ndim != 3 || out.shape[2] != 3 || out.itemsize != 1 || out.shape[0] <= 0 || out.shape[1] <= 0 ||
+        out.shape[0] > 65535 || out.shape[1] > 65535) {
+        PyErr_SetString(PyExc_ValueError, "out must be a C-contiguous (h, w, 3) uint8 array");
+    } else if (left < 0 || top < 0 || width <= 0 || height <= 0 || left > 65535 || top > 65535 ||
+               width > 65535 || height > 65535) {
+        PyErr_Format(PyExc_ValueError, "bad box %zdx%zd+%zd+%zd", width, height, left, top);
+    } else if (!(min_ratio > 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "min_ratio must be positive");
+    } else if (data.len < 4) {
+        PyErr_SetString(PyExc_ValueError, "not a JPEG (too short)");
+    } else {
+        resize_job jb;
+        jb.data = (const unsigned char *)data.buf;
+        jb.size = (size_t)data.len;
+        jb.src_w = (int)src_w, jb.src_h = (int)src_h;
+        jb.left = (int)left, jb.top = (int)top, jb.width = (int)width, jb.height = (int)height;
+        jb.out = (unsigned char *)out.buf;
+        jb.oh = (int)out.shape[0], jb.ow = (int)out.shape[1], jb.mirror = mirror;
+        jb.min_ratio = min_ratio, jb.fine = fine, jb.scale_num = 8;
+        jb.message[0] = '\0';
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = run_resize_job(&jb);
+        Py_END_ALLOW_THREADS
+        if (rc == 0)
+            result = PyLong_FromLong(jb.scale_num);
+        else
+            PyErr_SetString(PyExc_ValueError, jb.message);
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"decode_crop", (PyCFunction)(void (*)(void))decode_crop, METH_VARARGS | METH_KEYWORDS,
      "decode_crop(data, x, y, w, h, scale_denom, out, channels=3, frame=False) -> None\n\n"
@@ -217,6 +428,14 @@ static PyMethodDef methods[] = {
      "(coordinates in the scaled image), RGB or RGBX, into out: C-contiguous, h*w*channels bytes, or with\n"
      "frame=True the whole scaled image's size (the region lands at its place, other bytes unspecified).\n"
      "Raises ValueError on any libjpeg error or warning."},
+    {"decode_resized_crop", (PyCFunction)(void (*)(void))decode_resized_crop, METH_VARARGS | METH_KEYWORDS,
+     "decode_resized_crop(data, left, top, width, height, out, mirror=False, src_w=0, src_h=0, min_ratio=1.0,\n"
+     "                    fine=True) -> int\n\n"
+     "Decode the box [left, left+width) x [top, top+height) (source pixels) of a 3-component YCbCr JPEG and\n"
+     "resize it with torchvision's antialiased bilinear filter into out ((h, w, 3) uint8, C-contiguous),\n"
+     "mirrored when asked. The JPEG is DCT-scaled by M/8 (M returned), the smallest M that keeps the scaled\n"
+     "box >= min_ratio x the output on both axes (fine=False: M in 1, 2, 4, 8 only). src_w/src_h: the size\n"
+     "the record claims, checked. Raises ValueError on any libjpeg error or warning."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpegcrop",

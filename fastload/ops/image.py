@@ -7,11 +7,11 @@ import numpy as np
 
 from fastload.ops.crop import (CropBox, center_span, dct_scale_for, pair, random_resized_crop_box,
                                resized_size)
-from fastload.ops.jpeg import DecodeStats, decode_array, decode_image, scratch_array
+from fastload.ops.jpeg import DecodeStats, decode_array, decode_image, decode_resized_crop, scratch_array
 from fastload.ops.op import ImageDecodeOp, InplaceOp, Shape, require_rng
 from fastload.ops.resize import flip_horizontal_, resize_array_into_torch, resize_box_into, resize_box_region
 
-RESIZERS = ("pil", "torch")
+RESIZERS = ("auto", "torch", "pil")
 
 
 def _check_gap(reducing_gap: float) -> float:
@@ -42,16 +42,20 @@ class DecodeRandomResizedCrop(ImageDecodeOp):
     The box is drawn from the stored ``(w, h)`` before decoding; when the box is at least twice the
     output on both axes the JPEG is decoded DCT-downscaled by 2, 4 or 8 (see :meth:`dct_scale`);
     ``reducing_gap`` > 1 keeps that many times the output before the final resize (closer to torchvision,
-    slower; Pillow's ``reducing_gap`` idea). Crops that need no DCT downscale are resized with torch's uint8
-    antialiased CPU kernel (``resizer="torch"``, the default: 3x faster than PIL's at the same error, see
-    benchmarks/results/decode.md); ``resizer="pil"`` uses Pillow's for every crop.
+    slower; Pillow's ``reducing_gap`` idea).
+
+    ``resizer="auto"`` (default): YCbCr JPEGs go through one native call that decodes only the box and
+    resizes it with the exact antialiased filter in float (``_jpegcrop`` extension, when built); everything
+    else as ``"torch"``: torch's uint8 antialiased CPU kernel for crops without DCT downscale (3x faster
+    than PIL's at the same error, see benchmarks/results/decode.md), PIL for the rest.
+    ``resizer="pil"`` uses Pillow's for every crop.
     """
 
     random = True
 
     def __init__(self, size: int | tuple[int, int], scale: tuple[float, float] = (0.08, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), reducing_gap: float = 1.0,
-                 resizer: str = "torch") -> None:
+                 resizer: str = "auto") -> None:
         self.size = pair(size)
         if not (0 < scale[0] <= scale[1]) or not (0 < ratio[0] <= ratio[1]):
             raise ValueError(f"scale and ratio must be increasing positive ranges, got {scale}, {ratio}")
@@ -75,11 +79,14 @@ class DecodeRandomResizedCrop(ImageDecodeOp):
 
     def decode_into(self, raw: Any, size: tuple[int, int], plan: CropBox, out: np.ndarray,
                     mirror: bool = False) -> None:
+        if (self.resizer == "auto" and out.flags.c_contiguous
+                and decode_resized_crop(raw, size, plan, out, mirror, self.reducing_gap, self.stats)):
+            return
         scale = self.dct_scale(plan)
         left, top, width, height = plan
         box = (left, top, left + width, top + height)
         # only the pixels the resize reads are decoded when the partial JPEG decoder is there (jpeg.py)
-        if self.resizer == "torch" and scale == 1 and out.flags.c_contiguous:
+        if self.resizer != "pil" and scale == 1 and out.flags.c_contiguous:
             full = decode_array(raw, size, scratch_array((size[1], size[0], 3)), self.stats, region=box)
             resize_array_into_torch(full[top:top + height, left:left + width], out)
             if mirror:

@@ -35,8 +35,9 @@ try:
     if os.environ.get("FASTLOAD_NO_JPEGCROP", "") not in ("", "0"):
         raise ImportError("disabled by FASTLOAD_NO_JPEGCROP")
     from fastload.ops._jpegcrop import decode_crop as _decode_crop
+    from fastload.ops._jpegcrop import decode_resized_crop as _decode_resized_crop
 except ImportError:         # not built (no libjpeg-turbo headers at install time) or disabled
-    _decode_crop = None
+    _decode_crop = _decode_resized_crop = None
 
 
 def partial_decode_available() -> bool:
@@ -134,6 +135,33 @@ def _decode_partial(data: Raw, scale: int, region: Region, frame: np.ndarray) ->
         _decode_crop(data, x0, y0, x1 - x0, y1 - y0, scale, frame, channels, True)
     except ValueError:
         return False
+    return True
+
+
+def decode_resized_crop(raw: Raw, size: tuple[int, int] | None, box: tuple[int, int, int, int],
+                        out: np.ndarray, mirror: bool = False, reducing_gap: float = 1.0,
+                        stats: DecodeStats | None = None) -> bool:
+    """Decode the crop ``box`` (left, top, width, height in source pixels) of a YCbCr JPEG and resize it into
+    ``out`` (``(h, w, 3)`` uint8, C-contiguous) with torchvision's antialiased bilinear filter, mirrored when
+    asked, in one native call (the ``_jpegcrop`` extension): only the box's rows and columns are decoded,
+    DCT-downscaled by 2, 4 or 8 while the box stays ``reducing_gap`` times the output, and the resize is
+    exact to the float filter within rounding. False, with ``out`` unspecified, when the extension is not
+    there or the image is anything else (another format or colour space, damaged, a size other than
+    ``size``): decode it another way then, which also reports what is wrong."""
+    if _decode_resized_crop is None:
+        return False
+    data = _as_buffer(raw)
+    if bytes(data[-2:]) != b"\xff\xd9":
+        # without an EOI marker at the end the file is likely truncated: the full decode path reports that
+        # (a partial decode stops above the damage and would not notice)
+        return False
+    w, h = size if size is not None else (0, 0)
+    try:
+        m = _decode_resized_crop(data, box[0], box[1], box[2], box[3], out, mirror, w, h, reducing_gap, False)
+    except ValueError:
+        return False
+    if stats is not None:
+        stats.count(8 // m, False, True)
     return True
 
 
