@@ -214,6 +214,25 @@ def test_resized_crop_is_the_exact_filter_within_one_level(r):
     assert np.abs(out.astype(np.int16) - ref).max() <= 1
 
 
+def test_resized_crop_baseline_simd_path_agrees():
+    """FASTLOAD_NO_AVX2=1 runs the SSE2 code (no FMA): same pixels within the 1 level of a rounding tie."""
+    code = ("import sys, numpy as np; from fastload.ops import _jpegcrop as jc; data = sys.stdin.buffer.read(); "
+            "out = np.empty((97, 131, 3), np.uint8); "
+            "[jc.decode_resized_crop(data, 7, 5, 300, 200, out, m, 500, 375, 1000.0) and sys.stdout.buffer.write(out.tobytes()) "
+            "for m in (False, True)]")
+    data = SOURCES[(500, 375, "420")]
+    results = []
+    for flag in ("0", "1"):
+        env = dict(os.environ, FASTLOAD_NO_AVX2=flag)
+        run = subprocess.run([sys.executable, "-c", code], input=data, env=env, capture_output=True, check=True)
+        results.append(np.frombuffer(run.stdout, np.uint8).reshape(2, 97, 131, 3))
+    ref = _exact_resize(data, (7, 5, 300, 200), (97, 131), False)
+    for r in results:
+        assert np.abs(r[0].astype(np.int16) - ref).max() <= 1
+        np.testing.assert_array_equal(r[1], r[0][:, ::-1])
+    assert np.abs(results[0].astype(np.int16) - results[1]).max() <= 1
+
+
 def test_resized_crop_dct_scales_and_mirror():
     w, h = 1024, 768
     data = _jpeg(w, h, "420")

@@ -2,7 +2,8 @@
  *
  * One output row at a time: the vertical pass blends the rows it needs into one row of floats (the loop
  * over bytes vectorises; built for AVX2 as well where the compiler can pick at run time), then the
- * horizontal pass blends 4 floats per tap with SSE and writes 3 bytes per pixel. Working in float with one
+ * horizontal pass blends 4 floats per tap with SSE (AVX2 + FMA when the CPU has them; FASTLOAD_NO_AVX2=1
+ * turns that off), rounds, and writes 3 bytes per pixel. Working in float with one
  * rounding at the end keeps the result within 0.5 levels of the exact filter (torch's uint8 kernel and PIL
  * round to 8 bits between the passes).
  */
@@ -110,86 +111,119 @@ static void blend_rows(const unsigned char *src, size_t stride, const float *w, 
     }
 }
 
-/* outrow[o] (4 floats) = sum_k w[k] * row[start + k] for each output pixel j, o = j or n - 1 - j; every
- * output has exactly K taps (zero weights pad the short ones), so the loop over k unrolls. */
-#define DEFINE_HPASS(K)                                                                                      \
-    static inline void hpass_##K(const float *row, const aa_axis *xs, int cmin, int mirror, float *outrow) { \
-        for (int j = 0; j < xs->n; j++) {                                                                  \
-            const float *src = row + (size_t)(xs->start[j] - cmin) * 4;                                    \
-            const float *w = xs->w + (size_t)j * xs->stride;                                               \
-            float *dst = outrow + (size_t)(mirror ? xs->n - 1 - j : j) * 4;                                \
-            HPASS_BODY(K)                                                                                  \
-        }                                                                                                  \
+/* The horizontal pass, fused with rounding and storing: output pixel o of the row (source-order pixel
+ * j = o, or n - 1 - o when mirrored) = sum_k w[k] * row[start[j] + k], 4 floats per pixel; every output has
+ * exactly K taps (zero weights pad the short ones), so with K a constant the loop over k unrolls. Four
+ * pixels at a time are rounded, packed to RGBX bytes and stored as 12 RGB bytes. */
+#ifdef AA_SSE2
+#include <tmmintrin.h>
+
+#define PIXEL_ACC(K, j)                                                                                      \
+    ({                                                                                                       \
+        const float *src_ = row + (size_t)(xs->start[j] - cmin) * 4;                                        \
+        const float *w_ = xs->w + (size_t)(j) * (K);                                                         \
+        __m128 a_ = _mm_mul_ps(_mm_set1_ps(w_[0]), _mm_loadu_ps(src_));                                      \
+        for (int k_ = 1; k_ < (K); k_++)                                                                     \
+            a_ = _mm_add_ps(a_, _mm_mul_ps(_mm_set1_ps(w_[k_]), _mm_loadu_ps(src_ + 4 * k_)));               \
+        a_;                                                                                                  \
+    })
+
+#define STORE_ONE(acc, px)                                                                                   \
+    do {                                                                                                     \
+        __m128i v_ = _mm_cvtps_epi32(acc);                                                                   \
+        v_ = _mm_packus_epi16(_mm_packs_epi32(v_, v_), v_);                                                  \
+        unsigned int b_ = (unsigned int)_mm_cvtsi128_si32(v_);                                               \
+        (px)[0] = (unsigned char)b_, (px)[1] = (unsigned char)(b_ >> 8), (px)[2] = (unsigned char)(b_ >> 16); \
+    } while (0)
+
+#define DEFINE_HSTORE(K, SUFFIX, ATTR, PACK12)                                                               \
+    ATTR static void hstore_##K##SUFFIX(const float *row, const aa_axis *xs, int cmin, int mirror,          \
+                                          unsigned char *dst) {                                             \
+        int n = xs->n, o = 0;                                                                                \
+        for (; o + 4 <= n; o += 4) {                                                                         \
+            int j0 = mirror ? n - 1 - o : o, d = mirror ? -1 : 1;                                            \
+            __m128 a0 = PIXEL_ACC(K, j0), a1 = PIXEL_ACC(K, j0 + d);                                         \
+            __m128 a2 = PIXEL_ACC(K, j0 + 2 * d), a3 = PIXEL_ACC(K, j0 + 3 * d);                             \
+            __m128i p = _mm_packus_epi16(_mm_packs_epi32(_mm_cvtps_epi32(a0), _mm_cvtps_epi32(a1)),          \
+                                         _mm_packs_epi32(_mm_cvtps_epi32(a2), _mm_cvtps_epi32(a3)));         \
+            PACK12(p, dst + 3 * o);                                                                          \
+        }                                                                                                    \
+        for (; o < n; o++) {                                                                                 \
+            int j = mirror ? n - 1 - o : o;                                                                  \
+            STORE_ONE(PIXEL_ACC(K, j), dst + 3 * o);                                                          \
+        }                                                                                                    \
     }
 
-#ifdef AA_SSE2
-#define HPASS_BODY(K)                                                                                        \
-    __m128 acc = _mm_mul_ps(_mm_set1_ps(w[0]), _mm_loadu_ps(src));                                         \
-    for (int k = 1; k < K; k++)                                                                            \
-        acc = _mm_add_ps(acc, _mm_mul_ps(_mm_set1_ps(w[k]), _mm_loadu_ps(src + 4 * k)));                   \
-    _mm_storeu_ps(dst, acc);
-#else
-#define HPASS_BODY(K)                                                                                        \
-    for (int c = 0; c < 4; c++) {                                                                          \
-        float acc = 0.0f;                                                                                  \
-        for (int k = 0; k < K; k++) acc += w[k] * src[4 * k + c];                                          \
-        dst[c] = acc;                                                                                      \
+#define PACK12_SSE2(p, out)                                                                                  \
+    do {                                                                                                     \
+        unsigned char t_[16];                                                                                \
+        _mm_storeu_si128((__m128i *)t_, p);                                                                  \
+        unsigned char *o_ = (out);                                                                           \
+        o_[0] = t_[0], o_[1] = t_[1], o_[2] = t_[2], o_[3] = t_[4], o_[4] = t_[5], o_[5] = t_[6];            \
+        o_[6] = t_[8], o_[7] = t_[9], o_[8] = t_[10], o_[9] = t_[12], o_[10] = t_[13], o_[11] = t_[14];      \
+    } while (0)
+
+#define PACK12_SSSE3(p, out)                                                                                 \
+    do {                                                                                                     \
+        __m128i q_ = _mm_shuffle_epi8(p, _mm_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1)); \
+        _mm_storel_epi64((__m128i *)(out), q_);                                                              \
+        unsigned int hi_ = (unsigned int)_mm_cvtsi128_si32(_mm_srli_si128(q_, 8));                           \
+        memcpy((out) + 8, &hi_, 4);                                                                          \
+    } while (0)
+
+#define DEFINE_HSTORES(SUFFIX, ATTR, PACK12)                                                                 \
+    DEFINE_HSTORE(2, SUFFIX, ATTR, PACK12)                                                                   \
+    DEFINE_HSTORE(3, SUFFIX, ATTR, PACK12)                                                                   \
+    DEFINE_HSTORE(4, SUFFIX, ATTR, PACK12)                                                                   \
+    DEFINE_HSTORE(5, SUFFIX, ATTR, PACK12)                                                                   \
+    DEFINE_HSTORE(6, SUFFIX, ATTR, PACK12)                                                                   \
+    DEFINE_HSTORE(8, SUFFIX, ATTR, PACK12)                                                                   \
+    ATTR static int hstore_fixed##SUFFIX(const float *row, const aa_axis *xs, int cmin, int mirror,          \
+                                         unsigned char *dst) {                                              \
+        switch (xs->stride) {                                                                                \
+        case 2: hstore_2##SUFFIX(row, xs, cmin, mirror, dst); return 1;                                      \
+        case 3: hstore_3##SUFFIX(row, xs, cmin, mirror, dst); return 1;                                      \
+        case 4: hstore_4##SUFFIX(row, xs, cmin, mirror, dst); return 1;                                      \
+        case 5: hstore_5##SUFFIX(row, xs, cmin, mirror, dst); return 1;                                      \
+        case 6: hstore_6##SUFFIX(row, xs, cmin, mirror, dst); return 1;                                      \
+        case 8: hstore_8##SUFFIX(row, xs, cmin, mirror, dst); return 1;                                      \
+        }                                                                                                    \
+        return 0;                                                                                            \
     }
+
+DEFINE_HSTORES(_sse2, , PACK12_SSE2)
+#if defined(__GNUC__) && defined(__x86_64__)
+#define AA_HAVE_AVX2_PATH 1
+DEFINE_HSTORES(_avx2, __attribute__((target("avx2,fma"))), PACK12_SSSE3)
+#endif
 #endif
 
-DEFINE_HPASS(2)
-DEFINE_HPASS(3)
-DEFINE_HPASS(4)
-DEFINE_HPASS(5)
-DEFINE_HPASS(6)
-DEFINE_HPASS(8)
-
-static void hpass_any(const float *row, const aa_axis *xs, int cmin, int mirror, float *outrow) {
-    for (int j = 0; j < xs->n; j++) {
+/* Any number of taps, any CPU. */
+static void hstore_any(const float *row, const aa_axis *xs, int cmin, int mirror, unsigned char *dst) {
+    for (int o = 0; o < xs->n; o++) {
+        int j = mirror ? xs->n - 1 - o : o;
         const float *src = row + (size_t)(xs->start[j] - cmin) * 4;
         const float *w = xs->w + (size_t)j * xs->stride;
-        float *dst = outrow + (size_t)(mirror ? xs->n - 1 - j : j) * 4;
-        for (int c = 0; c < 4; c++) {
+        for (int c = 0; c < 3; c++) {
             float acc = 0.0f;
             for (int k = 0; k < xs->stride; k++) acc += w[k] * src[4 * k + c];
-            dst[c] = acc;
+            long v = lrintf(acc);
+            dst[3 * o + c] = (unsigned char)(v < 0 ? 0 : (v > 255 ? 255 : v));
         }
     }
 }
 
-AA_MULTIVERSION
-static void hpass(const float *row, const aa_axis *xs, int cmin, int mirror, float *outrow) {
-    switch (xs->stride) {
-    case 2: hpass_2(row, xs, cmin, mirror, outrow); break;
-    case 3: hpass_3(row, xs, cmin, mirror, outrow); break;
-    case 4: hpass_4(row, xs, cmin, mirror, outrow); break;
-    case 5: hpass_5(row, xs, cmin, mirror, outrow); break;
-    case 6: hpass_6(row, xs, cmin, mirror, outrow); break;
-    case 8: hpass_8(row, xs, cmin, mirror, outrow); break;
-    default: hpass_any(row, xs, cmin, mirror, outrow);
-    }
-}
-
-/* n RGBX float pixels -> n RGB bytes, rounded and clamped to 0..255. */
-static void store_rgb(const float *src, int n, unsigned char *dst) {
-    int j = 0;
-#ifdef AA_SSE2
-    unsigned char tmp[16];
-    for (; j + 4 <= n; j += 4) {
-        __m128i a = _mm_cvtps_epi32(_mm_loadu_ps(src + 4 * j)), b = _mm_cvtps_epi32(_mm_loadu_ps(src + 4 * j + 4));
-        __m128i c = _mm_cvtps_epi32(_mm_loadu_ps(src + 4 * j + 8)), d = _mm_cvtps_epi32(_mm_loadu_ps(src + 4 * j + 12));
-        _mm_storeu_si128((__m128i *)tmp, _mm_packus_epi16(_mm_packs_epi32(a, b), _mm_packs_epi32(c, d)));
-        unsigned char *o = dst + 3 * j;
-        o[0] = tmp[0], o[1] = tmp[1], o[2] = tmp[2], o[3] = tmp[4], o[4] = tmp[5], o[5] = tmp[6];
-        o[6] = tmp[8], o[7] = tmp[9], o[8] = tmp[10], o[9] = tmp[12], o[10] = tmp[13], o[11] = tmp[14];
-    }
+static void hstore(const float *row, const aa_axis *xs, int cmin, int mirror, unsigned char *dst, int avx2) {
+#ifdef AA_HAVE_AVX2_PATH
+    if (avx2 && hstore_fixed_avx2(row, xs, cmin, mirror, dst))
+        return;
 #endif
-    for (; j < n; j++) {
-        for (int c = 0; c < 3; c++) {
-            long v = lrintf(src[4 * j + c]);
-            dst[3 * j + c] = (unsigned char)(v < 0 ? 0 : (v > 255 ? 255 : v));
-        }
-    }
+#ifdef AA_SSE2
+    if (hstore_fixed_sse2(row, xs, cmin, mirror, dst))
+        return;
+#endif
+    (void)avx2;
+    hstore_any(row, xs, cmin, mirror, dst);
 }
 
 void aa_resample(const unsigned char *src, size_t src_stride, int row0, int col0, int ncols,
@@ -204,13 +238,21 @@ void aa_resample(const unsigned char *src, size_t src_stride, int row0, int col0
        weights are zero) but never read past the rows */
     int have = col0 + ncols;
     int nbytes = ((cmax < have ? cmax : have) - cmin) * 4;
-    float *row = scratch, *outrow = scratch + (size_t)(cmax - cmin) * 4;
+    float *row = scratch;
     memset(row + nbytes, 0, (size_t)((cmax - cmin) * 4 - nbytes) * sizeof(float));
     const unsigned char *first = src + (size_t)(cmin - col0) * 4;
+#ifdef AA_HAVE_AVX2_PATH
+    static int avx2 = -1;
+    if (avx2 < 0) {     /* FASTLOAD_NO_AVX2=1 tests the baseline path on a machine that has AVX2 */
+        const char *off = getenv("FASTLOAD_NO_AVX2");
+        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !(off && *off && *off != '0');
+    }
+#else
+    int avx2 = 0;
+#endif
     for (int i = 0; i < ys->n; i++) {
         blend_rows(first + (size_t)(ys->start[i] - row0) * src_stride, src_stride,
                    ys->w + (size_t)i * ys->stride, ys->len[i], nbytes, row);
-        hpass(row, xs, cmin, mirror, outrow);
-        store_rgb(outrow, xs->n, dst + (size_t)i * dst_stride);
+        hstore(row, xs, cmin, mirror, dst + (size_t)i * dst_stride, avx2);
     }
 }
