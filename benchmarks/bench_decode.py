@@ -148,9 +148,17 @@ def make_candidates(size: int) -> dict[str, Candidate]:
     cands: dict[str, Candidate] = {
         "PIL decode + crop + resize (torchvision PIL path)": pil_torchvision,
         "PIL draft (DCT) + resize(box)": pil_draft_box,
-        "simplejpeg (DCT) + PIL resize(box), RGBX [fastload]": sj_with(resize_pil_rgbx, "RGBX"),
+        "simplejpeg (DCT) + PIL resize(box), RGBX [fastload without the extension]": sj_with(resize_pil_rgbx, "RGBX"),
         "simplejpeg (DCT) + torch uint8 antialias (integer box)": sj_with(resize_torch_aa),
     }
+    try:
+        from fastload.ops._jpegcrop import decode_resized_crop
+    except ImportError:
+        decode_resized_crop = None
+    if decode_resized_crop is not None:
+        def native(data, box, out):
+            decode_resized_crop(data, box.left, box.top, box.width, box.height, out, False, 0, 0, 1.0, False)
+        cands["fastload native: crop decode + exact antialias resize, one call [fastload default]"] = native
     if cv2 is not None:
         cands["simplejpeg (DCT) + cv2 INTER_AREA"] = sj_with(resize_cv2(cv2.INTER_AREA))
         cands["simplejpeg (DCT) + cv2 INTER_LINEAR (no antialias)"] = sj_with(resize_cv2(cv2.INTER_LINEAR))
@@ -227,8 +235,10 @@ def bench_rrc(datas: list[bytes], size: int, passes: int, seed: int, wh: tuple[i
         cands = {k: v for k, v in cands.items() if any(o in k for o in only)}
     fns: dict[str, Callable[[int], None]] = {
         name: (lambda i, fn=fn: fn(datas[i], boxes[i], out)) for name, fn in cands.items()}
-    for resizer in ("torch", "pil"):
+    for resizer in ("auto", "torch", "pil"):
         for dname, decoder in decoders().items():
+            if resizer == "auto" and dname != "partial decode":
+                continue    # "auto" without the extension is "torch"
             name = f"fastload DecodeRandomResizedCrop(resizer='{resizer}'), {dname} (run_into, own draws)"
             pipeline = compile_pipeline(None, [DecodeRandomResizedCrop(size, resizer=resizer)])
             rngs = [np.random.default_rng([seed, i]) for i in range(len(datas))]

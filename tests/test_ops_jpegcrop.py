@@ -250,6 +250,32 @@ def test_resized_crop_dct_scales_and_mirror():
         assert err < (0.05 if m == 8 else 3.0 if gap < 1 else 2.0), (box, m, err)
 
 
+@pytest.mark.parametrize("size,resize", [(224, 256), (100, 400), ((200, 150), 100), ((300, 500), 420)])
+@pytest.mark.parametrize("kind", ["420", "prog420", "444"])
+def test_center_crop_takes_the_native_call_and_is_exact(with_partial, kind, size, resize):
+    """Resize(resize) + CenterCrop(size), padding included: the filter reads the whole image (clip=False), so
+    the result is torchvision's resize of the whole image, then the crop, within 1 level (no DCT here)."""
+    import torch
+    from fastload.ops.crop import resized_size
+    w, h = 500, 375
+    data = SOURCES[(w, h, kind)]
+    hw = (size, size) if isinstance(size, int) else size
+    plain = compile_pipeline(None, [DecodeCenterCrop(size, resize, reducing_gap=4.0)])
+    flipped = compile_pipeline(None, [DecodeCenterCrop(size, resize, reducing_gap=4.0), RandomHorizontalFlip(1.0)])
+    a, b = plain.run(data, (w, h), None), flipped.run(data, (w, h), np.random.default_rng(0))
+    assert plain.stats.partial == 1 and plain.stats.pil_fallback == 0
+    np.testing.assert_array_equal(b, a[:, ::-1])
+    rw, rh = resized_size(w, h, resize)
+    full = torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).copy()).permute(2, 0, 1)[None]
+    resized = torch.nn.functional.interpolate(full.double(), size=(rh, rw), mode="bilinear", antialias=True,
+                                              align_corners=False).round().clamp(0, 255).byte()[0].permute(1, 2, 0)
+    pad_y, pad_x = max(hw[0] - rh, 0), max(hw[1] - rw, 0)
+    padded = np.pad(resized.numpy(), ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2), (0, 0)))
+    top, left = int(round((padded.shape[0] - hw[0]) / 2.0)), int(round((padded.shape[1] - hw[1]) / 2.0))
+    ref = padded[top:top + hw[0], left:left + hw[1]]
+    assert np.abs(a.astype(np.int16) - ref).max() <= 1
+
+
 def test_resized_crop_refuses_what_it_cannot_do():
     data = SOURCES[(97, 61, "420")]
     out = np.empty((10, 10, 3), np.uint8)

@@ -218,8 +218,10 @@ typedef struct {
     const unsigned char *data;
     size_t size;
     int src_w, src_h;                   /* the size the record claims (0: not checked) */
-    int left, top, width, height;       /* the crop box, source pixels */
+    double left, top, width, height;    /* the box, source pixels (fractional for a resize-then-crop) */
+    int clip;                           /* the filter reads only inside the box (a crop, then a resize) */
     unsigned char *out;
+    size_t out_stride;                  /* bytes between output rows */
     int oh, ow, mirror;
     double min_ratio;                   /* the DCT-scaled box stays >= min_ratio x the output on both axes */
     int fine;                           /* any scale M/8 (else 1/8, 2/8, 4/8, 8/8 only) */
@@ -289,8 +291,8 @@ static int run_resize_job(resize_job *jb) {
                  cinfo.image_height, jb->src_w, jb->src_h);
         goto fail;
     }
-    if (jb->left + jb->width > (int)cinfo.image_width || jb->top + jb->height > (int)cinfo.image_height) {
-        snprintf(jb->message, sizeof(jb->message), "box %dx%d+%d+%d outside the %ux%u image", jb->width,
+    if (jb->left + jb->width > cinfo.image_width + 1e-6 || jb->top + jb->height > cinfo.image_height + 1e-6) {
+        snprintf(jb->message, sizeof(jb->message), "box %gx%g+%g+%g outside the %ux%u image", jb->width,
                  jb->height, jb->left, jb->top, cinfo.image_width, cinfo.image_height);
         goto fail;
     }
@@ -303,9 +305,12 @@ static int run_resize_job(resize_job *jb) {
     /* the box in the scaled image: scaled pixel j covers source pixels [8j/m, 8(j+1)/m) */
     double bx0 = jb->left * m / 8.0, bx1 = (jb->left + jb->width) * m / 8.0;
     double by0 = jb->top * m / 8.0, by1 = (jb->top + jb->height) * m / 8.0;
-    int lox = (int)floor(bx0), hix = (int)ceil(bx1), loy = (int)floor(by0), hiy = (int)ceil(by1);
-    if (hix > sw) hix = sw;
-    if (hiy > sh) hiy = sh;
+    int lox = 0, hix = sw, loy = 0, hiy = sh;
+    if (jb->clip) {
+        lox = (int)floor(bx0), hix = (int)ceil(bx1 - 1e-9), loy = (int)floor(by0), hiy = (int)ceil(by1 - 1e-9);
+        if (hix > sw) hix = sw;
+        if (hiy > sh) hiy = sh;
+    }
     if (hix <= lox) hix = lox + 1;
     if (hiy <= loy) hiy = loy + 1;
     if (aa_axis_plan(&xs, bx0, bx1, lox, hix, jb->ow) || aa_axis_plan(&ys, by0, by1, loy, hiy, jb->oh)) {
@@ -356,8 +361,7 @@ static int run_resize_job(resize_job *jb) {
         r += (int)got;
     }
     jpeg_abort_decompress(&cinfo);
-    aa_resample(tl_pixels, stride, r0, (int)xoff, (int)cw, &ys, &xs, jb->out, (size_t)jb->ow * 3, jb->mirror,
-                tl_row);
+    aa_resample(tl_pixels, stride, r0, (int)xoff, (int)cw, &ys, &xs, jb->out, jb->out_stride, jb->mirror, tl_row);
     jb->scale_num = m;
     aa_axis_free(&xs);
     aa_axis_free(&ys);
@@ -372,27 +376,29 @@ fail:
 
 static PyObject *decode_resized_crop(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"data", "left", "top", "width", "height", "out", "mirror", "src_w", "src_h",
-                             "min_ratio", "fine", NULL};
+                             "min_ratio", "fine", "clip", NULL};
     Py_buffer data, out;
-    Py_ssize_t left, top, width, height, src_w = 0, src_h = 0;
+    Py_ssize_t src_w = 0, src_h = 0;
+    double left, top, width, height;
     PyObject *out_obj;
-    int mirror = 0, fine = 1;
+    int mirror = 0, fine = 1, clip = 1;
     double min_ratio = 1.0;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*nnnnO|pnndp", kwlist, &data, &left, &top, &width, &height,
-                                     &out_obj, &mirror, &src_w, &src_h, &min_ratio, &fine))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*ddddO|pnndpp", kwlist, &data, &left, &top, &width, &height,
+                                     &out_obj, &mirror, &src_w, &src_h, &min_ratio, &fine, &clip))
         return NULL;
-    if (PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+    if (PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE | PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
         PyBuffer_Release(&data);
         return NULL;
     }
     PyObject *result = NULL;
     if (out.ndim != 3 || out.shape[2] != 3 || out.itemsize != 1 || out.shape[0] <= 0 || out.shape[1] <= 0 ||
-        out.shape[0] > 65535 || out.shape[1] > 65535) {
-        PyErr_SetString(PyExc_ValueError, "out must be a C-contiguous (h, w, 3) uint8 array");
-    } else if (left < 0 || top < 0 || width <= 0 || height <= 0 || left > 65535 || top > 65535 ||
-               width > 65535 || height > 65535) {
-        PyErr_Format(PyExc_ValueError, "bad box %zdx%zd+%zd+%zd", width, height, left, top);
+        out.shape[0] > 65535 || out.shape[1] > 65535 || (out.format != NULL && strcmp(out.format, "B") != 0) ||
+        out.strides[2] != 1 || out.strides[1] != 3 || out.strides[0] < 3 * out.shape[1]) {
+        PyErr_SetString(PyExc_ValueError, "out must be an (h, w, 3) uint8 array with contiguous rows");
+    } else if (!(left >= 0 && top >= 0 && width > 0 && height > 0 && left + width <= 65535 &&
+                 top + height <= 65535)) {
+        PyErr_Format(PyExc_ValueError, "bad box %gx%g+%g+%g", width, height, left, top);
     } else if (!(min_ratio > 0.0)) {
         PyErr_SetString(PyExc_ValueError, "min_ratio must be positive");
     } else if (data.len < 4) {
@@ -402,8 +408,9 @@ static PyObject *decode_resized_crop(PyObject *self, PyObject *args, PyObject *k
         jb.data = (const unsigned char *)data.buf;
         jb.size = (size_t)data.len;
         jb.src_w = (int)src_w, jb.src_h = (int)src_h;
-        jb.left = (int)left, jb.top = (int)top, jb.width = (int)width, jb.height = (int)height;
+        jb.left = left, jb.top = top, jb.width = width, jb.height = height, jb.clip = clip;
         jb.out = (unsigned char *)out.buf;
+        jb.out_stride = (size_t)out.strides[0];
         jb.oh = (int)out.shape[0], jb.ow = (int)out.shape[1], jb.mirror = mirror;
         jb.min_ratio = min_ratio, jb.fine = fine, jb.scale_num = 8;
         jb.message[0] = '\0';
@@ -430,12 +437,14 @@ static PyMethodDef methods[] = {
      "Raises ValueError on any libjpeg error or warning."},
     {"decode_resized_crop", (PyCFunction)(void (*)(void))decode_resized_crop, METH_VARARGS | METH_KEYWORDS,
      "decode_resized_crop(data, left, top, width, height, out, mirror=False, src_w=0, src_h=0, min_ratio=1.0,\n"
-     "                    fine=True) -> int\n\n"
-     "Decode the box [left, left+width) x [top, top+height) (source pixels) of a 3-component YCbCr JPEG and\n"
-     "resize it with torchvision's antialiased bilinear filter into out ((h, w, 3) uint8, C-contiguous),\n"
-     "mirrored when asked. The JPEG is DCT-scaled by M/8 (M returned), the smallest M that keeps the scaled\n"
-     "box >= min_ratio x the output on both axes (fine=False: M in 1, 2, 4, 8 only). src_w/src_h: the size\n"
-     "the record claims, checked. Raises ValueError on any libjpeg error or warning."},
+     "                    fine=True, clip=True) -> int\n\n"
+     "Decode the box [left, left+width) x [top, top+height) (source pixels, may be fractional) of a\n"
+     "3-component YCbCr JPEG and resize it with torchvision's antialiased bilinear filter into out ((h, w, 3)\n"
+     "uint8, rows contiguous, any row stride), mirrored when asked. clip=True: the filter reads only the box\n"
+     "(crop, then resize); False: the whole image (resize, then crop). The JPEG is DCT-scaled by M/8 (M\n"
+     "returned), the smallest M that keeps the scaled box >= min_ratio x the output on both axes (fine=False:\n"
+     "M in 1, 2, 4, 8 only). src_w/src_h: the size the record claims, checked. Raises ValueError on any\n"
+     "libjpeg error or warning."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpegcrop",

@@ -101,7 +101,8 @@ class DecodeCenterCrop(ImageDecodeOp):
     """torchvision ``Resize(resize)`` (shorter side, bilinear, antialiased) then ``CenterCrop(size)``,
     done as one resize of the source region that the crop covers (zero padding if the crop is larger).
     JPEGs are DCT-downscaled when the image is at least twice the resized size (``reducing_gap`` as in
-    :class:`DecodeRandomResizedCrop`)."""
+    :class:`DecodeRandomResizedCrop`). YCbCr JPEGs take the native decode + resize call when it is built
+    (as ``resizer="auto"`` there); everything else PIL's resize."""
 
     def __init__(self, size: int | tuple[int, int], resize: int, reducing_gap: float = 1.0) -> None:
         self.size = pair(size)
@@ -124,20 +125,22 @@ class DecodeCenterCrop(ImageDecodeOp):
         w, h = size
         rw, rh = resized_size(w, h, self.resize)
         ys, xs = center_span(rh, self.size[0]), center_span(rw, self.size[1])
+        padded = ys.length != self.size[0] or xs.length != self.size[1]
+        x0 = self.size[1] - xs.dst_start - xs.length if mirror else xs.dst_start
+        view = out[ys.dst_start:ys.dst_start + ys.length, x0:x0 + xs.length] if padded else out
+        if padded:
+            out[...] = 0
+        box = (xs.src_start * w / rw, ys.src_start * h / rh, xs.length * w / rw, ys.length * h / rh)
+        if decode_resized_crop(raw, size, box, view, mirror, self.reducing_gap, self.stats, clip=False):
+            return
         scale = self.dct_scale(w, h)
-        source_box = (xs.src_start * w / rw, ys.src_start * h / rh,
-                      (xs.src_start + xs.length) * w / rw, (ys.src_start + ys.length) * h / rh)
+        source_box = (box[0], box[1], box[0] + box[2], box[1] + box[3])
         region = resize_box_region(source_box, xs.length, ys.length, scale)
         image, s = decode_image(raw, size, scale, self.stats, region=region)
         fx, fy = w / rw / s, h / rh / s          # resized pixel -> decoded pixel
         box = (xs.src_start * fx, ys.src_start * fy,
                (xs.src_start + xs.length) * fx, (ys.src_start + ys.length) * fy)
-        if ys.length == self.size[0] and xs.length == self.size[1]:
-            resize_box_into(image, box, out, mirror)
-            return
-        out[...] = 0
-        x0 = self.size[1] - xs.dst_start - xs.length if mirror else xs.dst_start
-        resize_box_into(image, box, out[ys.dst_start:ys.dst_start + ys.length, x0:x0 + xs.length], mirror)
+        resize_box_into(image, box, view, mirror)
 
 
 class RandomHorizontalFlip(InplaceOp):

@@ -138,16 +138,18 @@ def _decode_partial(data: Raw, scale: int, region: Region, frame: np.ndarray) ->
     return True
 
 
-def decode_resized_crop(raw: Raw, size: tuple[int, int] | None, box: tuple[int, int, int, int],
+def decode_resized_crop(raw: Raw, size: tuple[int, int] | None, box: tuple[float, float, float, float],
                         out: np.ndarray, mirror: bool = False, reducing_gap: float = 1.0,
-                        stats: DecodeStats | None = None) -> bool:
-    """Decode the crop ``box`` (left, top, width, height in source pixels) of a YCbCr JPEG and resize it into
-    ``out`` (``(h, w, 3)`` uint8, C-contiguous) with torchvision's antialiased bilinear filter, mirrored when
-    asked, in one native call (the ``_jpegcrop`` extension): only the box's rows and columns are decoded,
-    DCT-downscaled by 2, 4 or 8 while the box stays ``reducing_gap`` times the output, and the resize is
-    exact to the float filter within rounding. False, with ``out`` unspecified, when the extension is not
-    there or the image is anything else (another format or colour space, damaged, a size other than
-    ``size``): decode it another way then, which also reports what is wrong."""
+                        stats: DecodeStats | None = None, clip: bool = True) -> bool:
+    """Resize the region ``box`` (left, top, width, height in source pixels, may be fractional) of a YCbCr
+    JPEG into ``out`` (``(h, w, 3)`` uint8, rows contiguous) with torchvision's antialiased bilinear filter,
+    mirrored when asked, in one native call (the ``_jpegcrop`` extension): only the rows and columns the
+    filter reads are decoded, DCT-downscaled by 2, 4 or 8 while the box stays ``reducing_gap`` times the
+    output, and the resize is exact to the float filter within rounding. ``clip``: the filter sees only the
+    box (crop, then resize: RandomResizedCrop), else the whole image (resize, then crop: CenterCrop).
+    False, with ``out`` unspecified, when the extension is not there or the image is anything else (another
+    format or colour space, damaged, a size other than ``size``): decode it another way then, which also
+    reports what is wrong."""
     if _decode_resized_crop is None:
         return False
     data = _as_buffer(raw)
@@ -157,7 +159,8 @@ def decode_resized_crop(raw: Raw, size: tuple[int, int] | None, box: tuple[int, 
         return False
     w, h = size if size is not None else (0, 0)
     try:
-        m = _decode_resized_crop(data, box[0], box[1], box[2], box[3], out, mirror, w, h, reducing_gap, False)
+        m = _decode_resized_crop(data, box[0], box[1], box[2], box[3], out, mirror, w, h, reducing_gap, False,
+                                 clip)
     except ValueError:
         return False
     if stats is not None:
