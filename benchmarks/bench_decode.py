@@ -10,8 +10,9 @@ PIL decode + convert("RGB"), integer crop, interpolate(bilinear, antialias=True)
     python benchmarks/bench_decode.py --images 100 --out /tmp/quick
 
 Optional peers are measured when installed: opencv-python-headless, PyTurboJPEG (with libturbojpeg). The fastload
-rows are measured with the partial JPEG decoder (the optional extension fastload.ops._jpegcrop) and without it
-(full decode, as with FASTLOAD_NO_JPEGCROP=1) when it is built.
+rows are measured with the optional extension fastload.ops._jpegcrop ("partial decode": region decoding, and for
+resizer="auto" and DecodeCenterCrop the one-call decode + exact resize) and without it ("full decode", as with
+FASTLOAD_NO_JPEGCROP=1) when it is built.
 """
 from __future__ import annotations
 
@@ -39,21 +40,24 @@ from fastload.demo_data import make_photo_imagefolder  # noqa: E402
 from fastload.ops import DecodeCenterCrop, DecodeRandomResizedCrop, compile_pipeline, jpeg  # noqa: E402
 from fastload.ops.crop import CropBox, dct_scale_for  # noqa: E402
 
-_PARTIAL = jpeg._decode_crop           # None when the extension is not built or FASTLOAD_NO_JPEGCROP=1
+# both None when the extension is not built or FASTLOAD_NO_JPEGCROP=1
+_PARTIAL, _NATIVE = jpeg._decode_crop, jpeg._decode_resized_crop
 
 
 def decoders() -> dict[str, object]:
-    """fastload's JPEG region decoders to compare: partial (when built) and full."""
+    """fastload with the ``_jpegcrop`` extension ("partial decode": region decoding and the one-call
+    decode + resize) and without it ("full decode", as with FASTLOAD_NO_JPEGCROP=1)."""
     return {"partial decode": _PARTIAL, "full decode": None} if _PARTIAL is not None else {"full decode": None}
 
 
 def with_decoder(decoder, fn: Callable) -> Callable:
     def run(*args):
         jpeg._decode_crop = decoder
+        jpeg._decode_resized_crop = _NATIVE if decoder is not None else None
         try:
             return fn(*args)
         finally:
-            jpeg._decode_crop = _PARTIAL
+            jpeg._decode_crop, jpeg._decode_resized_crop = _PARTIAL, _NATIVE
     return run
 
 try:

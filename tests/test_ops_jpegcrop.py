@@ -276,6 +276,32 @@ def test_center_crop_takes_the_native_call_and_is_exact(with_partial, kind, size
     assert np.abs(a.astype(np.int16) - ref).max() <= 1
 
 
+def test_resized_crop_from_many_threads_and_a_huge_image():
+    """Per-thread buffers: threads decoding at once (the GIL is released) get what one thread gets; a region
+    past the 32 MiB a thread keeps (4000x3000 -> 48 MB RGBX) decodes and the small ones after it still do."""
+    from concurrent.futures import ThreadPoolExecutor
+    jobs = [(SOURCES[(500, 375, k)], (x, y, 200, 150), bool(x % 2)) for k in ("420", "444", "prog420")
+            for x, y in [(0, 0), (13, 7), (101, 80), (299, 224)]]
+
+    def run(job):
+        data, box, mirror = job
+        out = np.empty((64, 96, 3), np.uint8)
+        jc.decode_resized_crop(data, *box, out, mirror, 500, 375, 1000.0)
+        return out
+    serial = [run(j) for j in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            for a, b in zip(serial, pool.map(run, jobs * 1)):
+                np.testing.assert_array_equal(a, b)
+    buf = io.BytesIO()
+    _photo(4000, 3000).save(buf, "JPEG", quality=75)
+    huge = buf.getvalue()
+    out = np.empty((100, 100, 3), np.uint8)
+    assert jc.decode_resized_crop(huge, 0, 0, 4000, 3000, out, False, 4000, 3000, 1000.0) == 8
+    assert out.std() > 10
+    np.testing.assert_array_equal(run(jobs[5]), serial[5])
+
+
 def test_resized_crop_refuses_what_it_cannot_do():
     data = SOURCES[(97, 61, "420")]
     out = np.empty((10, 10, 3), np.uint8)

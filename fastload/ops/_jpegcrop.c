@@ -23,10 +23,20 @@
  * default error_exit calls exit(): errors longjmp back here instead. The GIL is released while decoding.
  * Decoder settings are libjpeg's defaults, as TurboJPEG's (and so simplejpeg's) without flags: JDCT_ISLOW,
  * fancy upsampling.
+ *
+ * decode_resized_crop(data, left, top, width, height, out, mirror=False, src_w=0, src_h=0, min_ratio=1.0,
+ *                     fine=True, clip=True) -> M
+ *
+ * The same partial decoding (one column margin, so pixels are exact) of only what torchvision's antialiased
+ * bilinear resize of the box reads, DCT-scaled by M/8, then that resize (_aaresize.c) into ``out``, in one
+ * call without the GIL: the work of DecodeRandomResizedCrop (clip=True: crop, then resize) and
+ * DecodeCenterCrop (clip=False: resize, then crop) for YCbCr JPEGs. Same errors as decode_crop, plus the
+ * stored size (src_w, src_h) checked against the header.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -229,24 +239,60 @@ typedef struct {
     char message[JMSG_LENGTH_MAX + 64];
 } resize_job;
 
-static __thread unsigned char *tl_pixels = NULL;
-static __thread size_t tl_pixels_cap = 0;
-static __thread float *tl_row = NULL;
-static __thread size_t tl_row_cap = 0;
+/* Each thread's decode buffers, kept between calls (fresh large mallocs would page-fault on every image) and
+ * freed when the thread exits; a buffer grown past KEEP_BYTES by one huge image is dropped after that call. */
+#define KEEP_BYTES ((size_t)32 << 20)
 
-/* This thread's buffers (kept between calls: fresh large mallocs would page-fault on every image). */
-static int reserve(size_t pixels, size_t row_floats) {
-    if (pixels > tl_pixels_cap) {
-        unsigned char *p = (unsigned char *)realloc(tl_pixels, pixels);
-        if (p == NULL) return -1;
-        tl_pixels = p, tl_pixels_cap = pixels;
+typedef struct {
+    unsigned char *pixels;
+    size_t pixels_cap;
+    float *row;
+    size_t row_cap;
+} buffers;
+
+static pthread_key_t buffers_key;
+static pthread_once_t buffers_once = PTHREAD_ONCE_INIT;
+static int buffers_key_ok = 0;
+
+static void free_buffers(void *p) {
+    buffers *b = (buffers *)p;
+    if (b == NULL) return;
+    free(b->pixels);
+    free(b->row);
+    free(b);
+}
+
+static void make_buffers_key(void) { buffers_key_ok = pthread_key_create(&buffers_key, free_buffers) == 0; }
+
+static buffers *thread_buffers(size_t pixels, size_t row_floats) {
+    pthread_once(&buffers_once, make_buffers_key);
+    if (!buffers_key_ok) return NULL;
+    buffers *b = (buffers *)pthread_getspecific(buffers_key);
+    if (b == NULL) {
+        b = (buffers *)calloc(1, sizeof(buffers));
+        if (b == NULL || pthread_setspecific(buffers_key, b) != 0) {
+            free(b);
+            return NULL;
+        }
     }
-    if (row_floats > tl_row_cap) {
-        float *r = (float *)realloc(tl_row, row_floats * sizeof(float));
-        if (r == NULL) return -1;
-        tl_row = r, tl_row_cap = row_floats;
+    if (pixels > b->pixels_cap) {
+        unsigned char *p = (unsigned char *)realloc(b->pixels, pixels);
+        if (p == NULL) return NULL;
+        b->pixels = p, b->pixels_cap = pixels;
     }
-    return 0;
+    if (row_floats > b->row_cap) {
+        float *r = (float *)realloc(b->row, row_floats * sizeof(float));
+        if (r == NULL) return NULL;
+        b->row = r, b->row_cap = row_floats;
+    }
+    return b;
+}
+
+static void trim_buffers(buffers *b) {
+    if (b->pixels_cap > KEEP_BYTES) {
+        free(b->pixels);
+        b->pixels = NULL, b->pixels_cap = 0;
+    }
 }
 
 static int pick_scale(const resize_job *jb) {
@@ -262,6 +308,7 @@ static int run_resize_job(resize_job *jb) {
     struct jpeg_decompress_struct cinfo;
     error_mgr err;
     aa_axis xs, ys;
+    buffers *volatile buf = NULL;
 
     memset(&cinfo, 0, sizeof(cinfo));
     memset(&xs, 0, sizeof(xs));
@@ -275,6 +322,7 @@ static int run_resize_job(resize_job *jb) {
         snprintf(jb->message, sizeof(jb->message), "libjpeg: %s", err.message);
         aa_axis_free(&xs);
         aa_axis_free(&ys);
+        if (buf != NULL) trim_buffers(buf);
         jpeg_destroy_decompress(&cinfo);
         return -1;
     }
@@ -338,7 +386,8 @@ static int run_resize_job(resize_job *jb) {
     if (xoff != 0 || cw != cinfo.output_width)
         jpeg_crop_scanline(&cinfo, &xoff, &cw);
     size_t stride = (size_t)cw * 4;
-    if (reserve(stride * (size_t)(r1 - r0), ((size_t)(c1 - c0) + (size_t)xs.stride + (size_t)jb->ow) * 4)) {
+    buf = thread_buffers(stride * (size_t)(r1 - r0), ((size_t)(c1 - c0) + (size_t)xs.stride + (size_t)jb->ow) * 4);
+    if (buf == NULL) {
         snprintf(err.message, sizeof(err.message), "out of memory");
         longjmp(err.jump, 1);
     }
@@ -352,7 +401,7 @@ static int run_resize_job(resize_job *jb) {
     for (int r = r0; r < r1;) {
         JSAMPROW rows[4];
         int n = r1 - r < 4 ? r1 - r : 4;
-        for (int k = 0; k < n; k++) rows[k] = tl_pixels + (size_t)(r - r0 + k) * stride;
+        for (int k = 0; k < n; k++) rows[k] = buf->pixels + (size_t)(r - r0 + k) * stride;
         JDIMENSION got = jpeg_read_scanlines(&cinfo, rows, (JDIMENSION)n);
         if (got == 0) {
             snprintf(err.message, sizeof(err.message), "short read at row %d", r);
@@ -361,7 +410,9 @@ static int run_resize_job(resize_job *jb) {
         r += (int)got;
     }
     jpeg_abort_decompress(&cinfo);
-    aa_resample(tl_pixels, stride, r0, (int)xoff, (int)cw, &ys, &xs, jb->out, jb->out_stride, jb->mirror, tl_row);
+    aa_resample(buf->pixels, stride, r0, (int)xoff, (int)cw, &ys, &xs, jb->out, jb->out_stride, jb->mirror,
+                buf->row);
+    trim_buffers(buf);
     jb->scale_num = m;
     aa_axis_free(&xs);
     aa_axis_free(&ys);
