@@ -84,30 +84,45 @@ typedef struct {
     char message[JMSG_LENGTH_MAX + 64];
 } job;
 
+/* A decompressor whose errors and warnings longjmp to err->jump (the caller's setjmp) with the message. */
+static void setup_decompressor(struct jpeg_decompress_struct *cinfo, error_mgr *err) {
+    memset(cinfo, 0, sizeof(*cinfo));
+    cinfo->err = jpeg_std_error(&err->pub);
+    err->pub.error_exit = on_error_exit;
+    err->pub.emit_message = on_emit_message;
+    err->pub.output_message = on_output_message;
+    err->message[0] = '\0';
+}
+
+/* Reads the header of data (after the caller's setjmp); -1 with message set when it is not a 3-component
+ * YCbCr JPEG. */
+static int read_ycbcr_header(struct jpeg_decompress_struct *cinfo, const unsigned char *data, size_t size,
+                             char *message, size_t message_len) {
+    jpeg_create_decompress(cinfo);
+    jpeg_mem_src(cinfo, data, (unsigned long)size);
+    jpeg_read_header(cinfo, TRUE);
+    if (cinfo->num_components != 3 || cinfo->jpeg_color_space != JCS_YCbCr) {
+        snprintf(message, message_len, "not a 3-component YCbCr JPEG (%d components, colour space %d)",
+                 cinfo->num_components, (int)cinfo->jpeg_color_space);
+        return -1;
+    }
+    return 0;
+}
+
 /* Returns 0 on success, else -1 with job->message set. Runs without the GIL. */
 static int run_job(job *jb) {
     struct jpeg_decompress_struct cinfo;
     error_mgr err;
     unsigned char *volatile row = NULL;
 
-    memset(&cinfo, 0, sizeof(cinfo));
-    cinfo.err = jpeg_std_error(&err.pub);
-    err.pub.error_exit = on_error_exit;
-    err.pub.emit_message = on_emit_message;
-    err.pub.output_message = on_output_message;
-    err.message[0] = '\0';
+    setup_decompressor(&cinfo, &err);
     if (setjmp(err.jump)) {
         snprintf(jb->message, sizeof(jb->message), "libjpeg: %s", err.message);
         free(row);
         jpeg_destroy_decompress(&cinfo);
         return -1;
     }
-    jpeg_create_decompress(&cinfo);
-    jpeg_mem_src(&cinfo, jb->data, (unsigned long)jb->size);
-    jpeg_read_header(&cinfo, TRUE);
-    if (cinfo.num_components != 3 || cinfo.jpeg_color_space != JCS_YCbCr) {
-        snprintf(jb->message, sizeof(jb->message), "not a 3-component YCbCr JPEG (%d components, colour space %d)",
-                 cinfo.num_components, (int)cinfo.jpeg_color_space);
+    if (read_ycbcr_header(&cinfo, jb->data, jb->size, jb->message, sizeof(jb->message))) {
         jpeg_destroy_decompress(&cinfo);
         return -1;
     }
@@ -310,14 +325,9 @@ static int run_resize_job(resize_job *jb) {
     aa_axis xs, ys;
     buffers *volatile buf = NULL;
 
-    memset(&cinfo, 0, sizeof(cinfo));
     memset(&xs, 0, sizeof(xs));
     memset(&ys, 0, sizeof(ys));
-    cinfo.err = jpeg_std_error(&err.pub);
-    err.pub.error_exit = on_error_exit;
-    err.pub.emit_message = on_emit_message;
-    err.pub.output_message = on_output_message;
-    err.message[0] = '\0';
+    setup_decompressor(&cinfo, &err);
     if (setjmp(err.jump)) {
         snprintf(jb->message, sizeof(jb->message), "libjpeg: %s", err.message);
         aa_axis_free(&xs);
@@ -326,14 +336,8 @@ static int run_resize_job(resize_job *jb) {
         jpeg_destroy_decompress(&cinfo);
         return -1;
     }
-    jpeg_create_decompress(&cinfo);
-    jpeg_mem_src(&cinfo, jb->data, (unsigned long)jb->size);
-    jpeg_read_header(&cinfo, TRUE);
-    if (cinfo.num_components != 3 || cinfo.jpeg_color_space != JCS_YCbCr) {
-        snprintf(jb->message, sizeof(jb->message), "not a 3-component YCbCr JPEG (%d components, colour space %d)",
-                 cinfo.num_components, (int)cinfo.jpeg_color_space);
+    if (read_ycbcr_header(&cinfo, jb->data, jb->size, jb->message, sizeof(jb->message)))
         goto fail;
-    }
     if (jb->src_w > 0 && ((int)cinfo.image_width != jb->src_w || (int)cinfo.image_height != jb->src_h)) {
         snprintf(jb->message, sizeof(jb->message), "image is %ux%u but its record says %dx%d", cinfo.image_width,
                  cinfo.image_height, jb->src_w, jb->src_h);
