@@ -122,13 +122,20 @@ class ProfileReport(dict):
             L.append("files     " + "  ".join(f"{k}: {v}" for k, v in self["files"].items()))
         return "\n".join(L) + "\n"
 
-    def _storage(self, L: list[str]) -> None:
-        st = self.get("storage")
-        if not st:
-            return
+    def _section(self, L: list[str], key: str, skipped_label: str) -> dict | None:
+        """The report's ``key`` part, after a blank line; None when absent, or skipped (then said why)."""
+        part = self.get(key)
+        if not part:
+            return None
         L.append("")
-        if st.get("skipped"):
-            L.append(f"STORAGE  not probed: {st['skipped']}")
+        if part.get("skipped"):
+            L.append(f"{skipped_label}: {part['skipped']}")
+            return None
+        return part
+
+    def _storage(self, L: list[str]) -> None:
+        st = self._section(L, "storage", "STORAGE  not probed")
+        if st is None:
             return
         L.append(f"STORAGE  {st['files']} file(s), {_mb(st['bytes'])}; one reader"
                  + (f"; {st['resident_before']:.0%} in page cache at start" if st.get("resident_before") is not None else ""))
@@ -151,12 +158,8 @@ class ProfileReport(dict):
             L.append("  (cold = dropped from this OS's page cache; a cache below it, e.g. the hypervisor's, may be warm)")
 
     def _cpu(self, L: list[str]) -> None:
-        c = self.get("cpu")
-        if not c:
-            return
-        L.append("")
-        if c.get("skipped"):
-            L.append(f"CPU      not measured: {c['skipped']}")
+        c = self._section(L, "cpu", "CPU      not measured")
+        if c is None:
             return
         L.append(f"CPU      one process, {c['samples']} samples, per sample")
         self._stage_table(L, c["stages"])
@@ -193,12 +196,8 @@ class ProfileReport(dict):
             L.append(f"  {name:<52}{s['wall_ms']:>9.3f}{s['cpu_ms']:>9.3f}{s['share']:>8.0%}{note}")
 
     def _sweep(self, L: list[str]) -> None:
-        sw = self.get("sweep")
-        if not sw:
-            return
-        L.append("")
-        if sw.get("skipped"):
-            L.append(f"LOADER   no sweep: {sw['skipped']}")
+        sw = self._section(L, "sweep", "LOADER   no sweep")
+        if sw is None:
             return
         L.append(f"LOADER   {sw.get('loader', '')}, {sw.get('seconds', '?')} s per point, loader alone "
                  f"(nothing done with the batches)")
@@ -238,12 +237,8 @@ class ProfileReport(dict):
                         if tr.get("simulated_gb_s") else " (simulate one with --transfer-gbps)"))
 
     def _stall(self, L: list[str]) -> None:
-        s = self.get("stall")
-        if not s:
-            return
-        L.append("")
-        if s.get("skipped"):
-            L.append(f"STALL    not measured: {s['skipped']}")
+        s = self._section(L, "stall", "STALL    not measured")
+        if s is None:
             return
         L.append(f"STALL    {s.get('loader', '')}; step: {s['step']}")
         if not s.get("steps"):

@@ -69,6 +69,25 @@ class Target:
         raise NotImplementedError
 
 
+class MapDatasetTarget(Target):
+    """A map-style ``self.ds`` swept through ``loader_class`` over a never-ending random order."""
+
+    loader_class: Callable[..., Iterable]
+    ds: Any
+    seed = 0
+
+    def can_sweep(self) -> bool:
+        return True
+
+    def make_loader(self, workers: int, prefetch: int | None):
+        return self.loader_class(self.ds, batch_size=self.batch_size, sampler=_forever_sampler(len(self.ds), self.seed),
+                                 num_workers=workers, prefetch_factor=prefetch if workers else None)
+
+    def stall_loader(self, best: dict | None):
+        w = best["workers"] if best else min(usable_cores(), 4)
+        return self.make_loader(w, (best or {}).get("prefetch") or (2 if w else None))
+
+
 # -- shared CPU-phase pieces ----------------------------------------------------------------------------
 def _cpu_result(stages: dict, fused: dict, collate_cpu_ms: float) -> dict:
     per = fused["cpu_ms"] + collate_cpu_ms
@@ -117,8 +136,13 @@ def _decode_stats(ops: Sequence[Any]) -> dict | None:
 
 
 # -- a fastload dataset ---------------------------------------------------------------------------------
-class DatasetTarget(Target):
+class DatasetTarget(MapDatasetTarget):
     kind = "fastload dataset"
+
+    @property
+    def loader_class(self):
+        from fastload.loader import DataLoader
+        return DataLoader
 
     def __init__(self, dataset: Any, batch_size: int = 128, seed: int = 0):
         self.ds = dataset
@@ -178,22 +202,12 @@ class DatasetTarget(Target):
                 out["what_if_max_side"] = wi
         return out
 
-    def can_sweep(self) -> bool:
-        return True
-
-    def make_loader(self, workers: int, prefetch: int | None):
-        from fastload.loader import DataLoader
-        return DataLoader(self.ds, batch_size=self.batch_size, sampler=_forever_sampler(len(self.ds), self.seed),
-                          num_workers=workers, prefetch_factor=prefetch if workers else None)
-
-    def stall_loader(self, best: dict | None):
-        w = best["workers"] if best else min(usable_cores(), 4)
-        return self.make_loader(w, (best or {}).get("prefetch") or (2 if w else None))
 
 
 # -- an ImageFolder tree, before converting ------------------------------------------------------------------
-class ImageFolderTarget(Target):
+class ImageFolderTarget(MapDatasetTarget):
     kind = "ImageFolder (PIL + torchvision-style transforms)"
+    loader_class = torch.utils.data.DataLoader
 
     def __init__(self, root: str | os.PathLike, size: int = 224, batch_size: int = 128, seed: int = 0):
         from .imagefolder import PILImageFolder, classic_train_transform
@@ -278,17 +292,6 @@ class ImageFolderTarget(Target):
             out["what_if_max_side"] = wi
         return out
 
-    def can_sweep(self) -> bool:
-        return True
-
-    def make_loader(self, workers: int, prefetch: int | None):
-        return torch.utils.data.DataLoader(self.ds, batch_size=self.batch_size,
-                                           sampler=_forever_sampler(len(self.ds), self.seed),
-                                           num_workers=workers, prefetch_factor=prefetch if workers else None)
-
-    def stall_loader(self, best: dict | None):
-        w = best["workers"] if best else min(usable_cores(), 4)
-        return self.make_loader(w, (best or {}).get("prefetch") or (2 if w else None))
 
 
 # -- a torch DataLoader ---------------------------------------------------------------------------------------
