@@ -302,14 +302,39 @@ def test_resized_crop_from_many_threads_and_a_huge_image():
     np.testing.assert_array_equal(run(jobs[5]), serial[5])
 
 
+def _many_scans(data: bytes, copies: int) -> bytes:
+    """A scan-count bomb: a progressive JPEG with its first scan (DC, all components) appended ``copies``
+    times, turned into a full-precision first scan (Al=0) so that libjpeg's progression check passes."""
+    start = data.index(b"\xff\xda")
+    length = int.from_bytes(data[start + 2:start + 4], "big")
+    end = start + 2 + length
+    while not (data[end] == 0xFF and data[end + 1] not in (0, *range(0xD0, 0xD8))):
+        end += 1                                    # the scan's data runs to the next real marker
+    scan = bytearray(data[start:end])
+    scan[2 + length - 1] = 0                        # Ah = Al = 0
+    return data[:-2] + bytes(scan) * copies + data[-2:]
+
+
 def test_resized_crop_refuses_what_it_cannot_do():
     data = SOURCES[(97, 61, "420")]
     out = np.empty((10, 10, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"bad box 0x10\+1\+0"):                  # the message says the box
+        jc.decode_resized_crop(data, 1, 0, 0.0, 10, out)
 
     def reject(exc, *args, **kw):
         with pytest.raises(exc):
             jc.decode_resized_crop(*args, **kw)
     reject(ValueError, data, 0, 0, 10, 10, out, False, 98, 61)                    # not the size its record says
+    reject(ValueError, data, 0, 0, 10, 10, out, False, -1, 61)
+    reject(ValueError, data, 97, 0, 1e-7, 61, out)                 # starts on the right edge: nothing to read
+    reject(ValueError, data, 0, 61, 97, 1e-7, out)
+    prog = SOURCES[(97, 61, "prog420")]
+    jc.decode_resized_crop(_many_scans(prog, 100), 0, 0, 97, 61, out)            # many scans, still fine
+    bomb = _many_scans(prog, 600)                                                # past the 500-scan limit
+    with pytest.raises(ValueError, match="more than 500 progressive scans"):
+        jc.decode_resized_crop(bomb, 0, 0, 97, 61, out)
+    with pytest.raises(ValueError, match="more than 500 progressive scans"):
+        jc.decode_crop(bomb, 0, 0, 97, 61, 1, np.empty((61, 97, 3), np.uint8))
     reject(ValueError, data, 90, 0, 10, 10, out)                                 # box outside the image
     reject(ValueError, data, 0, 0, 0, 10, out)
     reject(ValueError, data, -1, 0, 10, 10, out)

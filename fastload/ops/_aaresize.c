@@ -10,6 +10,7 @@
 #include "_aaresize.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -213,6 +214,16 @@ static void hstore_any(const float *row, const aa_axis *xs, int cmin, int mirror
     }
 }
 
+#ifdef AA_HAVE_AVX2_PATH
+static int avx2 = 0;
+static pthread_once_t avx2_once = PTHREAD_ONCE_INIT;
+
+static void detect_avx2(void) {     /* FASTLOAD_NO_AVX2=1 tests the baseline path on a machine with AVX2 */
+    const char *off = getenv("FASTLOAD_NO_AVX2");
+    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !(off && *off && *off != '0');
+}
+#endif
+
 static void hstore(const float *row, const aa_axis *xs, int cmin, int mirror, unsigned char *dst, int avx2) {
 #ifdef AA_HAVE_AVX2_PATH
     if (avx2 && hstore_fixed_avx2(row, xs, cmin, mirror, dst))
@@ -242,11 +253,7 @@ void aa_resample(const unsigned char *src, size_t src_stride, int row0, int col0
     memset(row + nbytes, 0, (size_t)((cmax - cmin) * 4 - nbytes) * sizeof(float));
     const unsigned char *first = src + (size_t)(cmin - col0) * 4;
 #ifdef AA_HAVE_AVX2_PATH
-    static int avx2 = -1;
-    if (avx2 < 0) {     /* FASTLOAD_NO_AVX2=1 tests the baseline path on a machine that has AVX2 */
-        const char *off = getenv("FASTLOAD_NO_AVX2");
-        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !(off && *off && *off != '0');
-    }
+    pthread_once(&avx2_once, detect_avx2);
 #else
     int avx2 = 0;
 #endif

@@ -19,7 +19,8 @@
  * widened (internally) to 8, as libjpeg would not interpolate chroma at all in a crop that narrow.
  *
  * Only 3-component YCbCr JPEGs are accepted (baseline or progressive); anything else, any libjpeg error
- * and any libjpeg warning (damaged data, as TurboJPEG's TJFLAG_STOPONWARNING) raise ValueError. libjpeg's
+ * and any libjpeg warning (damaged data, as TurboJPEG's TJFLAG_STOPONWARNING), and more than 500 progressive
+ * scans (as TJFLAG_LIMITSCANS) raise ValueError. libjpeg's
  * default error_exit calls exit(): errors longjmp back here instead. The GIL is released while decoding.
  * Decoder settings are libjpeg's defaults, as TurboJPEG's (and so simplejpeg's) without flags: JDCT_ISLOW,
  * fancy upsampling.
@@ -52,8 +53,11 @@
 
 #define MIN_CROP_WIDTH 8     /* columns given to jpeg_crop_scanline() at least (see run_job) */
 
+#define MAX_SCANS 500       /* a progressive JPEG with more scans is refused (TurboJPEG's TJFLAG_LIMITSCANS) */
+
 typedef struct {
     struct jpeg_error_mgr pub;
+    struct jpeg_progress_mgr progress;
     jmp_buf jump;
     char message[JMSG_LENGTH_MAX];
 } error_mgr;
@@ -74,6 +78,15 @@ static void on_emit_message(j_common_ptr cinfo, int msg_level) {
 
 static void on_output_message(j_common_ptr cinfo) { (void)cinfo; }   /* never print */
 
+/* A crafted progressive file can hold thousands of scans, each a pass over the whole image: stop it. */
+static void on_progress(j_common_ptr cinfo) {
+    if (cinfo->is_decompressor && ((j_decompress_ptr)cinfo)->input_scan_number > MAX_SCANS) {
+        error_mgr *err = (error_mgr *)cinfo->err;
+        snprintf(err->message, sizeof(err->message), "more than %d progressive scans", MAX_SCANS);
+        longjmp(err->jump, 1);
+    }
+}
+
 typedef struct {
     const unsigned char *data;
     size_t size;
@@ -92,6 +105,8 @@ static void setup_decompressor(struct jpeg_decompress_struct *cinfo, error_mgr *
     err->pub.emit_message = on_emit_message;
     err->pub.output_message = on_output_message;
     err->message[0] = '\0';
+    memset(&err->progress, 0, sizeof(err->progress));
+    err->progress.progress_monitor = on_progress;
 }
 
 /* Reads the header of data (after the caller's setjmp); -1 with message set when it is not a 3-component
@@ -99,6 +114,7 @@ static void setup_decompressor(struct jpeg_decompress_struct *cinfo, error_mgr *
 static int read_ycbcr_header(struct jpeg_decompress_struct *cinfo, const unsigned char *data, size_t size,
                              char *message, size_t message_len) {
     jpeg_create_decompress(cinfo);
+    cinfo->progress = &((error_mgr *)cinfo->err)->progress;      /* (jpeg_create_decompress zeroed it) */
     jpeg_mem_src(cinfo, data, (unsigned long)size);
     jpeg_read_header(cinfo, TRUE);
     if (cinfo->num_components != 3 || cinfo->jpeg_color_space != JCS_YCbCr) {
@@ -251,6 +267,7 @@ typedef struct {
     double min_ratio;                   /* the DCT-scaled box stays >= min_ratio x the output on both axes */
     int fine;                           /* any scale M/8 (else 1/8, 2/8, 4/8, 8/8 only) */
     int scale_num;                      /* result: the DCT scale used, M in M/8 */
+    aa_axis xs, ys;                     /* the filter's taps (here, not on run_resize_job's stack: setjmp) */
     char message[JMSG_LENGTH_MAX + 64];
 } resize_job;
 
@@ -322,16 +339,16 @@ static int pick_scale(const resize_job *jb) {
 static int run_resize_job(resize_job *jb) {
     struct jpeg_decompress_struct cinfo;
     error_mgr err;
-    aa_axis xs, ys;
+    aa_axis *xs = &jb->xs, *ys = &jb->ys;
     buffers *volatile buf = NULL;
 
-    memset(&xs, 0, sizeof(xs));
-    memset(&ys, 0, sizeof(ys));
+    memset(xs, 0, sizeof(*xs));
+    memset(ys, 0, sizeof(*ys));
     setup_decompressor(&cinfo, &err);
     if (setjmp(err.jump)) {
         snprintf(jb->message, sizeof(jb->message), "libjpeg: %s", err.message);
-        aa_axis_free(&xs);
-        aa_axis_free(&ys);
+        aa_axis_free(xs);
+        aa_axis_free(ys);
         if (buf != NULL) trim_buffers(buf);
         jpeg_destroy_decompress(&cinfo);
         return -1;
@@ -343,7 +360,8 @@ static int run_resize_job(resize_job *jb) {
                  cinfo.image_height, jb->src_w, jb->src_h);
         goto fail;
     }
-    if (jb->left + jb->width > cinfo.image_width + 1e-6 || jb->top + jb->height > cinfo.image_height + 1e-6) {
+    if (jb->left + jb->width > cinfo.image_width + 1e-6 || jb->top + jb->height > cinfo.image_height + 1e-6 ||
+        jb->left >= cinfo.image_width || jb->top >= cinfo.image_height) {
         snprintf(jb->message, sizeof(jb->message), "box %gx%g+%g+%g outside the %ux%u image", jb->width,
                  jb->height, jb->left, jb->top, cinfo.image_width, cinfo.image_height);
         goto fail;
@@ -365,18 +383,18 @@ static int run_resize_job(resize_job *jb) {
     }
     if (hix <= lox) hix = lox + 1;
     if (hiy <= loy) hiy = loy + 1;
-    if (aa_axis_plan(&xs, bx0, bx1, lox, hix, jb->ow) || aa_axis_plan(&ys, by0, by1, loy, hiy, jb->oh)) {
+    if (aa_axis_plan(xs, bx0, bx1, lox, hix, jb->ow) || aa_axis_plan(ys, by0, by1, loy, hiy, jb->oh)) {
         snprintf(err.message, sizeof(err.message), "out of memory");
         longjmp(err.jump, 1);
     }
-    int r0 = ys.start[0], r1 = 0, c0 = xs.start[0], c1 = 0;
-    for (int i = 0; i < ys.n; i++) {
-        if (ys.start[i] < r0) r0 = ys.start[i];
-        if (ys.start[i] + ys.len[i] > r1) r1 = ys.start[i] + ys.len[i];
+    int r0 = ys->start[0], r1 = 0, c0 = xs->start[0], c1 = 0;
+    for (int i = 0; i < ys->n; i++) {
+        if (ys->start[i] < r0) r0 = ys->start[i];
+        if (ys->start[i] + ys->len[i] > r1) r1 = ys->start[i] + ys->len[i];
     }
-    for (int i = 0; i < xs.n; i++) {
-        if (xs.start[i] < c0) c0 = xs.start[i];
-        if (xs.start[i] + xs.len[i] > c1) c1 = xs.start[i] + xs.len[i];
+    for (int i = 0; i < xs->n; i++) {
+        if (xs->start[i] < c0) c0 = xs->start[i];
+        if (xs->start[i] + xs->len[i] > c1) c1 = xs->start[i] + xs->len[i];
     }
     /* one more column each side: libjpeg's fancy upsampling treats the cropped columns' edges as image edges */
     JDIMENSION xoff = (JDIMENSION)(c0 > 0 ? c0 - 1 : 0);
@@ -390,7 +408,7 @@ static int run_resize_job(resize_job *jb) {
     if (xoff != 0 || cw != cinfo.output_width)
         jpeg_crop_scanline(&cinfo, &xoff, &cw);
     size_t stride = (size_t)cw * 4;
-    buf = thread_buffers(stride * (size_t)(r1 - r0), ((size_t)(c1 - c0) + (size_t)xs.stride + (size_t)jb->ow) * 4);
+    buf = thread_buffers(stride * (size_t)(r1 - r0), ((size_t)(c1 - c0) + (size_t)xs->stride + (size_t)jb->ow) * 4);
     if (buf == NULL) {
         snprintf(err.message, sizeof(err.message), "out of memory");
         longjmp(err.jump, 1);
@@ -414,17 +432,17 @@ static int run_resize_job(resize_job *jb) {
         r += (int)got;
     }
     jpeg_abort_decompress(&cinfo);
-    aa_resample(buf->pixels, stride, r0, (int)xoff, (int)cw, &ys, &xs, jb->out, jb->out_stride, jb->mirror,
+    aa_resample(buf->pixels, stride, r0, (int)xoff, (int)cw, ys, xs, jb->out, jb->out_stride, jb->mirror,
                 buf->row);
     trim_buffers(buf);
     jb->scale_num = m;
-    aa_axis_free(&xs);
-    aa_axis_free(&ys);
+    aa_axis_free(xs);
+    aa_axis_free(ys);
     jpeg_destroy_decompress(&cinfo);
     return 0;
 fail:
-    aa_axis_free(&xs);
-    aa_axis_free(&ys);
+    aa_axis_free(xs);
+    aa_axis_free(ys);
     jpeg_destroy_decompress(&cinfo);
     return -1;
 }
@@ -453,7 +471,11 @@ static PyObject *decode_resized_crop(PyObject *self, PyObject *args, PyObject *k
         PyErr_SetString(PyExc_ValueError, "out must be an (h, w, 3) uint8 array with contiguous rows");
     } else if (!(left >= 0 && top >= 0 && width > 0 && height > 0 && left + width <= 65535 &&
                  top + height <= 65535)) {
-        PyErr_Format(PyExc_ValueError, "bad box %gx%g+%g+%g", width, height, left, top);
+        char msg[160];      /* PyErr_Format has no %g */
+        snprintf(msg, sizeof(msg), "bad box %gx%g+%g+%g", width, height, left, top);
+        PyErr_SetString(PyExc_ValueError, msg);
+    } else if (src_w < 0 || src_h < 0 || src_w > 65535 || src_h > 65535) {
+        PyErr_Format(PyExc_ValueError, "bad stored size %zdx%zd", src_w, src_h);
     } else if (!(min_ratio > 0.0)) {
         PyErr_SetString(PyExc_ValueError, "min_ratio must be positive");
     } else if (data.len < 4) {
