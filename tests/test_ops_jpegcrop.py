@@ -25,6 +25,7 @@ jc = pytest.importorskip("fastload.ops._jpegcrop", reason="partial JPEG decoder 
 from fastload.errors import CorruptRecordError  # noqa: E402
 from fastload.ops import (DecodeCenterCrop, DecodeRandomResizedCrop, RandomHorizontalFlip,  # noqa: E402
                           compile_pipeline, jpeg)
+from fastload.ops.crop import CropBox  # noqa: E402
 
 SUBSAMPLING = {"420": {"subsampling": 2}, "422": {"subsampling": 1}, "444": {"subsampling": 0},
                "prog420": {"subsampling": 2, "progressive": True}, "prog422": {"subsampling": 1, "progressive": True}}
@@ -313,6 +314,20 @@ def _many_scans(data: bytes, copies: int) -> bytes:
     scan = bytearray(data[start:end])
     scan[2 + length - 1] = 0                        # Ah = Al = 0
     return data[:-2] + bytes(scan) * copies + data[-2:]
+
+
+def test_random_resized_crop_into_a_strided_view(with_partial):
+    """The op writes through the native call into a view with padded rows, touching nothing beside it."""
+    data = SOURCES[(500, 375, "420")]
+    op = DecodeRandomResizedCrop(64)
+    big = np.zeros((64, 80, 3), np.uint8)
+    ref = np.empty((64, 64, 3), np.uint8)
+    for box in [CropBox(10, 20, 300, 200), CropBox(0, 0, 500, 375), CropBox(400, 300, 99, 75)]:
+        op.decode_into(data, (500, 375), box, big[:, 8:72], True)
+        op.decode_into(data, (500, 375), box, ref, True)
+        np.testing.assert_array_equal(big[:, 8:72], ref)
+        assert not big[:, :8].any() and not big[:, 72:].any()
+    assert op.stats.partial == op.stats.decoded == 6
 
 
 def test_resized_crop_refuses_what_it_cannot_do():

@@ -79,8 +79,8 @@ class DecodeRandomResizedCrop(ImageDecodeOp):
 
     def decode_into(self, raw: Any, size: tuple[int, int], plan: CropBox, out: np.ndarray,
                     mirror: bool = False) -> None:
-        if (self.resizer == "auto" and out.flags.c_contiguous
-                and decode_resized_crop(raw, size, plan, out, mirror, self.reducing_gap, self.stats)):
+        if self.resizer == "auto" and decode_resized_crop(raw, size, plan, out, mirror, self.reducing_gap,
+                                                          self.stats):
             return
         scale = self.dct_scale(plan)
         left, top, width, height = plan

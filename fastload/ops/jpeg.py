@@ -4,7 +4,8 @@ The fast path decodes baseline and progressive JPEGs (YCbCr, RGB or grayscale) s
 per-thread buffer, DCT-downscaled by 2, 4 or 8 when asked. When the caller names the ``region`` it will read
 and the optional extension ``fastload.ops._jpegcrop`` is built (libjpeg-turbo's libjpeg API), 3-component
 YCbCr JPEGs decode only that region (rows above it skipped, columns outside it not transformed, decoding
-stopped below it); ``FASTLOAD_NO_JPEGCROP=1`` turns that off. CMYK/YCCK JPEGs, PNG and every other format PIL
+stopped below it), and :func:`decode_resized_crop` does that decode and the antialiased resize into the
+caller's buffer in one native call; ``FASTLOAD_NO_JPEGCROP=1`` turns both off. CMYK/YCCK JPEGs, PNG and every other format PIL
 reads, and JPEGs that libjpeg-turbo flags as damaged, go through PIL and ``convert("RGB")`` (so the result
 is what torchvision's PIL loader gives). Anything that cannot be decoded raises
 :class:`fastload.errors.CorruptRecordError` (chained from the codec's exception), never anything else.
