@@ -220,13 +220,15 @@ def test_resized_crop_baseline_simd_path_agrees():
     code = ("import sys, numpy as np; from fastload.ops import _jpegcrop as jc; data = sys.stdin.buffer.read(); "
             "out = np.empty((97, 131, 3), np.uint8); "
             "[jc.decode_resized_crop(data, 7, 5, 300, 200, out, m, 500, 375, 1000.0) and sys.stdout.buffer.write(out.tobytes()) "
-            "for m in (False, True)]")
+            "for m in (False, True)]; sys.stderr.write(jc.resize_simd())")
     data = SOURCES[(500, 375, "420")]
-    results = []
+    results, paths = [], []
     for flag in ("0", "1"):
         env = dict(os.environ, FASTLOAD_NO_AVX2=flag)
         run = subprocess.run([sys.executable, "-c", code], input=data, env=env, capture_output=True, check=True)
         results.append(np.frombuffer(run.stdout, np.uint8).reshape(2, 97, 131, 3))
+        paths.append(run.stderr.decode())
+    assert paths[1] in ("sse2", "scalar") and paths[0] in ("avx2", paths[1])
     ref = _exact_resize(data, (7, 5, 300, 200), (97, 131), False)
     for r in results:
         assert np.abs(r[0].astype(np.int16) - ref).max() <= 1

@@ -85,6 +85,12 @@ def test_decode_bound_on_big_jpegs(big_ds, tmp_path):
     assert top["name"] == "decode+random-resized-crop" and top["share"] > 0.7
     assert [s["name"] for s in stages][-2:] == ["augment: CenterCrop(size=(112, 112))",
                                                 "collate (in place; labels from the index)"]
+    # whether the native JPEG path ran is reported (on where the extension is built)
+    native = rep["cpu"]["decode_stats"]["native"]
+    assert native["available"] == ops.jpeg.partial_decode_available()
+    assert ("native decode+resize (libjpeg-turbo" if native["available"] else "native decode+resize OFF") in rep.text()
+    if native["available"]:
+        assert rep["cpu"]["decode_stats"]["partial"] == rep["cpu"]["decode_stats"]["decoded"] > 0
     # the loader is near what the cores allow, and storage is far above
     assert _ceil(rep, "loader") >= 0.5 * _ceil(rep, "cpu")
     assert _ceil(rep, "storage") > 5 * _ceil(rep, "cpu")

@@ -188,3 +188,9 @@ def test_verdict_rules():
     # other processes eating cores shrink the CPU ceiling the pipeline can reach
     v = decide(_report(storage_rps=5000, cpu_s=1000, loader=480, others=2.0))
     assert v["bound"] == "decode" and v["ceilings"]["cpu"]["samples_s"] == pytest.approx(500)
+    # decode-bound without the native JPEG path: say why it is off and what to do
+    rep = _report(storage_rps=5000, cpu_s=1000, loader=950)
+    rep["cpu"]["decode_stats"] = {"native": {"available": False, "why": "not built (apt-get install x)"}}
+    assert any("native JPEG path is off: not built (apt-get install x)" in a for a in decide(rep)["actions"])
+    rep["cpu"]["decode_stats"]["native"] = {"available": True, "why": ""}
+    assert not any("native JPEG path" in a for a in decide(rep)["actions"])

@@ -224,6 +224,18 @@ static void detect_avx2(void) {     /* FASTLOAD_NO_AVX2=1 tests the baseline pat
 }
 #endif
 
+const char *aa_simd(void) {
+#ifdef AA_HAVE_AVX2_PATH
+    pthread_once(&avx2_once, detect_avx2);
+    if (avx2) return "avx2";
+#endif
+#ifdef AA_SSE2
+    return "sse2";
+#else
+    return "scalar";
+#endif
+}
+
 static void hstore(const float *row, const aa_axis *xs, int cmin, int mirror, unsigned char *dst, int avx2) {
 #ifdef AA_HAVE_AVX2_PATH
     if (avx2 && hstore_fixed_avx2(row, xs, cmin, mirror, dst))

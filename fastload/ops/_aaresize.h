@@ -32,4 +32,7 @@ void aa_resample(const unsigned char *src, size_t src_stride, int row0, int col0
                  const aa_axis *ys, const aa_axis *xs, unsigned char *dst, size_t dst_stride, int mirror,
                  float *scratch);
 
+/* The horizontal pass's code path on this CPU: "avx2" (AVX2 + FMA), "sse2" or "scalar". */
+const char *aa_simd(void);
+
 #endif

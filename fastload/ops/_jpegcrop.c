@@ -505,6 +505,11 @@ static PyObject *decode_resized_crop(PyObject *self, PyObject *args, PyObject *k
     return result;
 }
 
+static PyObject *resize_simd(PyObject *self, PyObject *unused) {
+    (void)self, (void)unused;
+    return PyUnicode_FromString(aa_simd());
+}
+
 static PyMethodDef methods[] = {
     {"decode_crop", (PyCFunction)(void (*)(void))decode_crop, METH_VARARGS | METH_KEYWORDS,
      "decode_crop(data, x, y, w, h, scale_denom, out, channels=3, frame=False) -> None\n\n"
@@ -522,6 +527,9 @@ static PyMethodDef methods[] = {
      "returned), the smallest M that keeps the scaled box >= min_ratio x the output on both axes (fine=False:\n"
      "M in 1, 2, 4, 8 only). src_w/src_h: the size the record claims, checked. Raises ValueError on any\n"
      "libjpeg error or warning."},
+    {"resize_simd", resize_simd, METH_NOARGS,
+     "resize_simd() -> str\n\nThe resize's code path on this CPU: 'avx2' (AVX2 + FMA), 'sse2' or 'scalar'\n"
+     "(FASTLOAD_NO_AVX2=1, read at first use, rules out 'avx2')."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jpegcrop",

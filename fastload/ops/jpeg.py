@@ -46,6 +46,21 @@ def partial_decode_available() -> bool:
     return _decode_crop is not None
 
 
+def native_decoder() -> dict:
+    """What the native decode + resize path is here: ``{"available": bool, "why": str}``; with it, the
+    libjpeg-turbo version and the resize's SIMD path ("avx2", "sse2", "scalar")."""
+    if _decode_resized_crop is not None:
+        from fastload.ops import _jpegcrop
+        v = _jpegcrop.LIBJPEG_TURBO_VERSION_NUMBER
+        return {"available": True, "libjpeg_turbo": f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}",
+                "simd": _jpegcrop.resize_simd(), "why": ""}
+    if os.environ.get("FASTLOAD_NO_JPEGCROP", "") not in ("", "0"):
+        return {"available": False, "why": "turned off by FASTLOAD_NO_JPEGCROP"}
+    return {"available": False,
+            "why": "the _jpegcrop extension is not built (libjpeg-turbo's headers were missing at install time: "
+                   "apt-get install libjpeg62-turbo-dev, then reinstall fastload)"}
+
+
 @dataclass
 class DecodeStats:
     """Counters kept by each decode op (per process; the profiler reads them)."""

@@ -174,6 +174,12 @@ class ProfileReport(dict):
             L.append(f"  decode: {scaled / ds['decoded']:.0%} of images DCT-downscaled while decoding "
                      f"({', '.join(f'1/{k}: {v}' for k, v in ds['dct_scaled'].items()) or 'none'}), "
                      f"{ds['pil_fallback']} PIL fallbacks")
+            nat = ds.get("native") or {}
+            if nat.get("available"):
+                L.append(f"  native decode+resize (libjpeg-turbo {nat['libjpeg_turbo']}, {nat['simd']}): "
+                         f"{ds.get('partial', 0) / ds['decoded']:.0%} of images decoded only where the crop reads")
+            elif nat:
+                L.extend(textwrap.wrap(f"  native decode+resize OFF: {nat['why']}", 100, subsequent_indent="    "))
         cmp_ = c.get("compare")
         if cmp_:
             L.extend(textwrap.wrap(f"  the same files through fastload's fused ops ({cmp_['fastload_pipeline']}):",

@@ -132,6 +132,7 @@ def _decode_stats(ops: Sequence[Any]) -> dict | None:
         for k, v in s.dct_scaled.items():
             scaled[k] = scaled.get(k, 0) + v
     return {"decoded": decoded, "pil_fallback": sum(s.pil_fallback for s in stats),
+            "partial": sum(s.partial for s in stats),
             "dct_scaled": {str(k): v for k, v in sorted(scaled.items())}}
 
 
@@ -188,10 +189,13 @@ class DatasetTarget(MapDatasetTarget):
         out = _cpu_result(stages, fused, _collate_ms(stages))
         after = _decode_stats(decs)
         if after and before:
+            from fastload.ops.jpeg import native_decoder
             out["decode_stats"] = {"decoded": after["decoded"] - before["decoded"],
                                    "pil_fallback": after["pil_fallback"] - before["pil_fallback"],
+                                   "partial": after["partial"] - before["partial"],
                                    "dct_scaled": {k: v - before["dct_scaled"].get(k, 0)
-                                                  for k, v in after["dct_scaled"].items()}}
+                                                  for k, v in after["dct_scaled"].items()},
+                                   "native": native_decoder()}
         f = self._image_field()
         if f is not None:
             few = idx[:16]
