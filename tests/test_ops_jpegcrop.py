@@ -18,6 +18,7 @@ import pytest
 import simplejpeg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mangle import mangled
 from PIL import Image
 
 jc = pytest.importorskip("fastload.ops._jpegcrop", reason="partial JPEG decoder not built")
@@ -146,27 +147,8 @@ def test_bad_arguments_and_formats_raise_value_error():
 FUZZ_SOURCES = [SOURCES[(97, 61, k)] for k in ("420", "prog420", "444")]
 
 
-@st.composite
-def mangled(draw) -> bytes:
-    data = bytearray(draw(st.sampled_from(FUZZ_SOURCES)))
-    for _ in range(draw(st.integers(1, 6))):
-        if not data:
-            break
-        action = draw(st.sampled_from(["set", "truncate", "insert", "delete"]))
-        pos = draw(st.integers(0, len(data) - 1))
-        if action == "set":
-            data[pos] = draw(st.integers(0, 255))
-        elif action == "truncate":
-            del data[pos:]
-        elif action == "insert":
-            data[pos:pos + 0] = draw(st.binary(min_size=1, max_size=8))
-        else:
-            del data[pos:pos + draw(st.integers(1, 16))]
-    return bytes(data)
-
-
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=mangled(), s=st.sampled_from([1, 2, 4, 8]), frac=st.tuples(*[st.floats(0, 1)] * 4),
+@given(data=mangled(FUZZ_SOURCES), s=st.sampled_from([1, 2, 4, 8]), frac=st.tuples(*[st.floats(0, 1)] * 4),
        channels=st.sampled_from([3, 4]))
 def test_mangled_bytes_decode_or_raise_value_error(data, s, frac, channels):
     """Damaged data never crashes or exits the process: the region decodes or ValueError is raised."""
@@ -369,7 +351,7 @@ def test_resized_crop_refuses_what_it_cannot_do():
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=mangled(), frac=st.tuples(*[st.floats(0, 1)] * 4), out_hw=st.tuples(st.integers(1, 64), st.integers(1, 64)),
+@given(data=mangled(FUZZ_SOURCES), frac=st.tuples(*[st.floats(0, 1)] * 4), out_hw=st.tuples(st.integers(1, 64), st.integers(1, 64)),
        gap=st.sampled_from([0.3, 1.0, 2.0]))
 def test_mangled_bytes_resize_or_raise_value_error(data, frac, out_hw, gap):
     """Damaged data never crashes or exits the process: the fused call fills out or raises ValueError."""
