@@ -37,6 +37,17 @@ def subdir(data_dir, name: str) -> Path:
     raise FileNotFoundError(f"{d / name} not found: build it with benchmarks/make_dataset.py --out {d}")
 
 
+def imagefolder_loader(data_dir, transform, batch_size: int, num_workers: int, seed: int = 0):
+    """torch's DataLoader over torchvision's ImageFolder of the benchmark's JPEG tree, shuffled from ``seed``."""
+    import torch
+    from torchvision.datasets import ImageFolder
+
+    ds = ImageFolder(str(subdir(data_dir, "imagefolder")), transform=transform)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=False,
+        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
+
+
 def rrc_params(width: int, height: int, rng, scale=SCALE, ratio=RATIO):
     """torchvision's RandomResizedCrop.get_params with a numpy Generator: returns (top, left, h, w)."""
     area = width * height

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks.peers._common import SCALE, RATIO, SIZE, main, subdir
+from benchmarks.peers._common import RATIO, SCALE, SIZE, imagefolder_loader, main
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -26,13 +26,7 @@ def train_transform():
 
 
 def make_loader(data_dir, batch_size: int, num_workers: int, seed: int = 0):
-    import torch
-    from torchvision.datasets import ImageFolder
-
-    ds = ImageFolder(str(subdir(data_dir, "imagefolder")), transform=train_transform())
-    return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=False,
-        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
+    return imagefolder_loader(data_dir, train_transform(), batch_size, num_workers, seed)
 
 
 if __name__ == "__main__":
