@@ -28,7 +28,7 @@ sys.path[:0] = [str(REPO), str(HERE)]
 
 from machine import machine_info  # noqa: E402
 
-from fastload.convert import convert  # noqa: E402
+from fastload.conversion import convert  # noqa: E402
 from fastload.demo_data import make_photo_imagefolder  # noqa: E402
 from fastload.formats import DatasetWriter, open_dataset, pack_record  # noqa: E402
 
@@ -152,7 +152,7 @@ def bench_photos(data: Path, per_class: int, repeats: int, workers: int) -> tupl
               "bytes": w.num_bytes, "seconds": dt, "records_per_s": n / dt, "mb_per_s": w.num_bytes / 1e6 / dt}
     conv.append(writer)
 
-    from fastload.convert.sources import ImageFolderSource
+    from fastload.conversion.sources import ImageFolderSource
     paths = [p for p, _ in ImageFolderSource(root).samples]
     lengths = np.array([os.path.getsize(p) for p in paths])
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])

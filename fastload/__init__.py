@@ -19,8 +19,8 @@ _LAZY = {
     "BlockShuffleSampler": ("fastload.loader", "BlockShuffleSampler"),
     "ShardDataset": ("fastload.dataset", "ShardDataset"),
     "open_dataset": ("fastload.formats", "open_dataset"),
-    # fastload.convert is the conversion package, callable as convert(source, dst, ...)
-    "convert": ("fastload.convert", None),
+    # convert(source, dst, ...): a plain function; its package is fastload.conversion
+    "convert": ("fastload.conversion", "convert"),
     "ops": ("fastload.ops", None),
     # fastload.profile is the profiler package, callable as profile(loader_or_path, ...)
     "profile": ("fastload.profile", None),

@@ -18,7 +18,7 @@ from fastload.profile.cli import add_parser as add_profile
 
 # -- convert ------------------------------------------------------------------------------------------
 def _size(text: str) -> int:
-    from fastload.convert.sizes import parse_size
+    from fastload.conversion.sizes import parse_size
     try:
         return parse_size(text)
     except ValueError as e:
@@ -64,7 +64,7 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from fastload.convert import convert
+    from fastload.conversion import convert
     summary = convert(args.src, args.dst, backend=args.backend, workers=args.workers,
                       shard_size=args.shard_size, max_side=args.max_side, quality=args.quality,
                       on_error=args.on_error, progress=not args.quiet, print_summary=False,

@@ -46,3 +46,7 @@ class WorkerError(FastloadError, RuntimeError):
 
 class SharedMemoryError(FastloadError, MemoryError):
     """The shared-memory ring cannot be allocated (e.g. /dev/shm too small); says how much is needed."""
+
+
+class ConversionError(FastloadError):
+    """A conversion task or worker failed; the message names the task, its work unit and source items."""

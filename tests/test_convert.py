@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastload.convert import convert, infer_schema, parse_size
-from fastload.convert.sources import ImageFolderSource
+from fastload.conversion import convert, infer_schema, parse_size
+from fastload.conversion import ImageFolderSource
 from fastload.errors import FormatError, SourceError
 from fastload.formats import (BytesField, FloatField, ImageField, IntField, JSONField, NDArrayField, open_dataset,
                               read_manifest)
@@ -24,8 +24,7 @@ def _files(root):
 
 @pytest.mark.parametrize("backend", ["shards", "lmdb"])
 def test_photo_folder_round_trip_is_bit_exact(tmp_path, photo_folder, backend):
-    s = convert(photo_folder, tmp_path / "ds", backend=backend, workers=2, shard_size="300KB", progress=False,
-                chunk_size=3)
+    s = convert(photo_folder, tmp_path / "ds", backend=backend, workers=2, shard_size="300KB", progress=False)
     files = _files(photo_folder)
     assert s.records == len(files) == 40 and s.skipped == [] and s.backend == backend
     assert s.bytes == read_manifest(tmp_path / "ds").num_bytes
@@ -42,23 +41,44 @@ def test_photo_folder_round_trip_is_bit_exact(tmp_path, photo_folder, backend):
 
 def test_output_does_not_depend_on_worker_count(tmp_path, photo_folder):
     a = convert(photo_folder, tmp_path / "a", workers=0, shard_size="500KB", progress=False)
-    b = convert(photo_folder, tmp_path / "b", workers=2, shard_size="500KB", progress=False, chunk_size=1)
+    b = convert(photo_folder, tmp_path / "b", workers=2, shard_size="500KB", progress=False)
     ma, mb = read_manifest(a.path), read_manifest(b.path)
     assert [s.sha256 for s in ma.shards] == [s.sha256 for s in mb.shards]
 
 
 def test_imagefolder_matches_torchvision_layout_rules(tmp_path, photo_folder):
     jpeg = next(photo_folder.glob("cat/*.jpg")).read_bytes()
-    for rel in ["b/x/2.JPG", "b/x/1.jpeg", "b/0.png", "a/z.jpg", "a/notes.txt", "a/deep/er/y.webp", "c/.keep"]:
+    for rel in ["b/x/2.JPG", "b/x/1.jpeg", "b/0.png", "a/z.jpg", "a/notes.txt", "a/deep/er/y.webp"]:
         p = tmp_path / "tree" / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(jpeg)
     (tmp_path / "tree" / "stray.jpg").write_bytes(jpeg)            # files at the root are not samples
     src = ImageFolderSource(tmp_path / "tree")
-    assert src.classes == ["a", "b", "c"]
+    assert src.classes == ["a", "b"]
     rel = [(os.path.relpath(p, tmp_path / "tree"), y) for p, y in src.samples]
     # torchvision: classes sorted, then sorted os.walk order, files sorted, extensions case-insensitive
     assert rel == [("a/z.jpg", 0), ("a/deep/er/y.webp", 0), ("b/0.png", 1), ("b/x/1.jpeg", 1), ("b/x/2.JPG", 1)]
+
+
+def test_empty_class_folder_is_refused_as_torchvision_does(tmp_path, photo_folder):
+    root = tmp_path / "tree"
+    shutil.copytree(photo_folder, root)
+    (root / "zebra").mkdir()
+    (root / "zebra" / ".keep").write_text("")
+    with pytest.raises(SourceError, match="Found no valid file for the classes zebra"):
+        convert(root, tmp_path / "ds", workers=0, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]
+
+
+def test_symlink_loop_is_walked_once(tmp_path, photo_folder):
+    root = tmp_path / "tree"
+    shutil.copytree(photo_folder, root)
+    os.symlink("..", root / "cat" / "loop")              # cat/loop -> tree: a loop through every class
+    os.symlink(root / "cat", root / "cat" / "self")       # cat/self -> cat
+    src = ImageFolderSource(root)
+    assert len(src.samples) == 40 and len({p for p, _ in src.samples}) == 40
+    s = convert(root, tmp_path / "ds", workers=0, progress=False)
+    assert s.records == 40
 
 
 def _broken_tree(tmp_path, photo_folder):
@@ -72,7 +92,7 @@ def _broken_tree(tmp_path, photo_folder):
 
 def test_on_error_skip_lists_bad_files(tmp_path, photo_folder):
     root = _broken_tree(tmp_path, photo_folder)
-    s = convert(root, tmp_path / "ds", on_error="skip", workers=2, progress=False, chunk_size=4)
+    s = convert(root, tmp_path / "ds", on_error="skip", workers=2, progress=False)
     assert s.records == 40
     bad = sorted(os.path.basename(x["source"]) for x in s.skipped)
     assert bad == ["zz_not_an_image.jpg", "zz_truncated.jpg"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastload.convert import encode_image
+from fastload.conversion import encode_image
 
 
 def _encode(fmt: str, mode: str = "RGB", size=(80, 60)) -> bytes:

@@ -3,7 +3,7 @@
 Each field knows how to pack a value for writing (payload bytes and/or values kept in the index) and how to
 turn the stored bytes back into what ``DatasetReader.get`` returns.  Fields serialise to plain JSON; nothing
 is ever pickled.  This module imports numpy only: turning PIL images, paths or arrays into encoded bytes is
-the converter's job (``fastload.convert.encode_image``).
+the converter's job (``fastload.conversion.encode_image``).
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ class ImageField(Field):
             w, h = probe_image_size(data)
         else:
             raise TypeError(f"ImageField stores encoded image bytes, got {type(value).__name__}; "
-                            "fastload.convert.encode_image turns PIL images, paths and arrays into them")
+                            "fastload.conversion.encode_image turns PIL images, paths and arrays into them")
         if not (0 <= w < 2**32 and 0 <= h < 2**32):
             raise ValueError(f"image size {w}x{h} out of range")
         return data, {".w": w, ".h": h}

@@ -108,7 +108,7 @@ def what_if_max_side(pipe: Any, raws: Sequence[bytes], sizes: Sequence[tuple[int
     median = int(np.median([max(s) for s in sizes]))
     if median < 1.5 * side:
         return None
-    from fastload.convert.encode import encode_image
+    from fastload.conversion.encode import encode_image
     small = [encode_image(bytes(r), quality=90, max_side=side) for r in raws]
     before = FieldStages(pipe, lambda i: raws[i], lambda i: sizes[i])
     after = FieldStages(pipe, lambda i: small[i].data, lambda i: (small[i].width, small[i].height))

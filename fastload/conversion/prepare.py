@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from fastload.convert.encode import encode_image
-from fastload.convert.sources import to_numpy
+from fastload.conversion.encode import encode_image
+from fastload.conversion.values import to_numpy
 from fastload.formats.records import PackedRecord, pack_record
 from fastload.formats.schema import EncodedImage, ImageField, Schema
 
@@ -48,18 +48,3 @@ class RecordPreparer:
                 where = f"item {i}"
             msg = str(e) or type(e).__name__
             return Failure(i, where, f"{type(e).__name__}: {msg}" if type(e).__name__ not in msg else msg)
-
-
-_preparer: RecordPreparer | None = None
-
-
-def init_worker(preparer: RecordPreparer) -> None:
-    """Pool initializer: keep the preparer for the life of the worker."""
-    global _preparer
-    _preparer = preparer
-
-
-def run_chunk(bounds: tuple[int, int]) -> list[PackedRecord | Failure]:
-    """Prepare records ``start..stop-1`` in the worker."""
-    start, stop = bounds
-    return [_preparer(i) for i in range(start, stop)]

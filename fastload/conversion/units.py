@@ -1,0 +1,141 @@
+"""One work unit converted where it runs (a local worker process or a Ray task).
+
+Native shards: the task writes the unit's whole shard to ``<staging>/<shard>.part-<attempt>``, renames it to
+its final name and leaves a sidecar (``<shard>.unit.json``: plan fingerprint, bounds, sha256, source keys,
+skipped items) that lets a rerun reuse it.  Two attempts at one unit (a retried task) write the same bytes,
+and the rename is atomic, so whichever finishes last leaves the same file.  LMDB: the task returns the
+packed records and the driver appends them in unit order (one environment file cannot be written in
+parallel).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from fastload.conversion.plan import WorkUnit
+from fastload.conversion.prepare import Failure, RecordPreparer
+from fastload.formats.manifest import ShardEntry
+from fastload.formats.records import PackedRecord
+from fastload.formats.shard import ShardWriter
+
+SIDECAR = ".unit.json"
+PART = ".part-"
+
+
+class Output(Enum):
+    SHARD = "shard"        # the task writes the unit's shard file
+    RECORDS = "records"    # the task returns packed records (LMDB)
+
+
+@dataclass(frozen=True)
+class UnitJob:
+    """What every task of one conversion shares (shipped once to each worker / the object store)."""
+    preparer: RecordPreparer
+    staging: str
+    output: Output
+    on_error: str
+    fingerprint: str
+
+
+@dataclass
+class UnitResult:
+    unit: WorkUnit
+    worker: str                                    # "pid 123" or "Ray task <id> on node <ip>"
+    entry: ShardEntry | None = None                # the written shard (None: no record kept, or LMDB)
+    records: list[PackedRecord] | None = None      # LMDB output
+    keys: list[str] = field(default_factory=list)  # source key of each kept record, in order
+    skipped: list[Failure] = field(default_factory=list)
+    failed: Failure | None = None                  # on_error="fail": the first bad item (nothing written)
+    num_records: int = 0
+    num_bytes: int = 0
+    seconds: float = 0.0
+    reused: bool = False
+
+
+def sidecar_path(staging: str | os.PathLike, unit: WorkUnit) -> Path:
+    return Path(staging) / (unit.shard_name + SIDECAR)
+
+
+def run_unit(job: UnitJob, unit: WorkUnit, worker: str) -> UnitResult:
+    """Convert ``unit``; the shard (if any) is complete on disk when this returns."""
+    t0 = time.perf_counter()
+    prep = job.preparer
+    res = UnitResult(unit, worker)
+    writer = None
+    if job.output is Output.SHARD:
+        part = Path(job.staging) / f"{unit.shard_name}{PART}{uuid.uuid4().hex[:12]}"
+        writer = ShardWriter(part, prep.schema, align=prep.align, fsync=True)
+    else:
+        res.records = []
+    try:
+        for i in range(unit.start, unit.stop):
+            rec = prep(i)
+            if isinstance(rec, Failure):
+                if job.on_error == "fail":
+                    res.failed = rec
+                    res.records = None
+                    if writer is not None:
+                        writer.abort()
+                    return res
+                res.skipped.append(rec)
+                continue
+            res.keys.append(prep.source.key(i))
+            if writer is not None:
+                writer.write_packed(rec)
+            else:
+                res.records.append(rec)
+            res.num_records += 1
+            res.num_bytes += len(rec.data)
+        if writer is not None:
+            info = writer.close()
+            if info.num_records == 0:
+                part.unlink()
+            else:
+                final = part.with_name(unit.shard_name)
+                os.replace(part, final)
+                res.entry = ShardEntry(final.name, info.num_records, info.num_bytes, info.sha256)
+            _write_sidecar(job, res)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _write_sidecar(job: UnitJob, res: UnitResult) -> None:
+    u = res.unit
+    doc = {"fingerprint": job.fingerprint, "unit": [u.index, u.start, u.stop],
+           "entry": vars(res.entry) if res.entry is not None else None, "keys": res.keys,
+           "skipped": [list(f) for f in res.skipped], "num_bytes": res.num_bytes}
+    path = sidecar_path(job.staging, u)
+    tmp = path.with_name(f"{path.name}{PART}{uuid.uuid4().hex[:12]}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_sidecar(staging: str | os.PathLike, unit: WorkUnit, fingerprint: str) -> UnitResult | None:
+    """The finished result of ``unit`` left by an earlier run of the same plan, or None."""
+    try:
+        doc = json.loads(sidecar_path(staging, unit).read_text(encoding="utf-8"))
+        if doc["fingerprint"] != fingerprint or doc["unit"] != [unit.index, unit.start, unit.stop]:
+            return None
+        entry = ShardEntry(**doc["entry"]) if doc["entry"] is not None else None
+        skipped = [Failure(int(i), str(s), str(e)) for i, s, e in doc["skipped"]]
+        keys = [str(k) for k in doc["keys"]]
+        nbytes = int(doc["num_bytes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    n = entry.num_records if entry is not None else 0
+    if len(keys) != n or n + len(skipped) != len(unit):
+        return None
+    return UnitResult(unit, "earlier run", entry=entry, keys=keys, skipped=skipped, num_records=n,
+                      num_bytes=nbytes, reused=True)
