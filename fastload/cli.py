@@ -40,14 +40,28 @@ def _quality(text: str) -> int:
 
 
 def add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert an ImageFolder tree or a Python dataset into a fastload dataset",
-                       description="Convert SRC (an ImageFolder directory, or module:callable returning a "
-                                   "map-style dataset) into the dataset directory DST.")
-    p.add_argument("src", metavar="SRC", help="ImageFolder root, or module:callable")
+    p = sub.add_parser("convert", help="convert images (folders, Parquet, HF datasets, tars, lists) into a fastload "
+                                       "dataset",
+                       description="Convert SRC into the dataset directory DST. SRC is an ImageFolder directory, "
+                                   "Parquet file(s), a Hugging Face dataset folder (save_to_disk), WebDataset "
+                                   ".tar shards (a file, folder or pattern), a CSV/JSONL list of paths and labels, "
+                                   "or module:callable returning a map-style dataset. The output is the same "
+                                   "for every engine and worker count; a killed run, started again, reuses the "
+                                   "shards it finished.")
+    p.add_argument("src", metavar="SRC", help="ImageFolder root, .parquet, HF dataset folder, .tar(s), .csv/.jsonl, "
+                                              "or module:callable")
     p.add_argument("dst", metavar="DST", help="dataset directory to create")
     p.add_argument("--backend", choices=["shards", "lmdb"], default="shards",
                    help="native mmap shards (default) or one LMDB environment")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores; 0: none)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this machine's worker processes (default); ray: one Ray task per shard "
+                        "(pip install 'fastload[ray]')")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local instance "
+                        "that listens on 127.0.0.1 only)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local: worker processes (default: all cores; 0: none); ray: tasks in flight "
+                        "(default: the cluster's CPUs)")
     p.add_argument("--shard-size", type=_size, default="256MB", metavar="SIZE",
                    help="target shard size, e.g. 256MB, 1GiB (default 256MB)")
     p.add_argument("--max-side", type=_positive, default=None, metavar="PX",
@@ -57,6 +71,8 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                    help="on an unreadable source item: stop (default) or leave it out and list it")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start from scratch even if a killed run of the same conversion left finished shards")
     p.add_argument("--no-validate", dest="validate", action="store_false",
                    help="do not test-decode kept images (faster; corrupt files are not caught)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -65,10 +81,16 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from fastload.conversion import convert
-    summary = convert(args.src, args.dst, backend=args.backend, workers=args.workers,
-                      shard_size=args.shard_size, max_side=args.max_side, quality=args.quality,
-                      on_error=args.on_error, progress=not args.quiet, print_summary=False,
-                      overwrite=args.overwrite, validate=args.validate)
+    try:
+        summary = convert(args.src, args.dst, backend=args.backend, workers=args.workers,
+                          shard_size=args.shard_size, max_side=args.max_side, quality=args.quality,
+                          on_error=args.on_error, progress=not args.quiet, print_summary=False,
+                          overwrite=args.overwrite, validate=args.validate, engine=args.engine,
+                          address=args.address, resume=args.resume)
+    except SystemExit as e:
+        if e.code == 143:
+            print("fastload convert: terminated (SIGTERM); nothing was left behind", file=sys.stderr)
+        raise
     print(summary)
     return 0
 

@@ -58,6 +58,18 @@ class ShardDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.reader)
 
+    @property
+    def classes(self) -> list[str] | None:
+        """Class names in label order, as torchvision's ``ImageFolder.classes`` (None if the source had none)."""
+        names = self.reader.manifest.info.get("classes")
+        return list(names) if isinstance(names, list) else None
+
+    @property
+    def class_to_idx(self) -> dict[str, int] | None:
+        """``{class name: label}``, as torchvision's ``ImageFolder.class_to_idx``."""
+        names = self.classes
+        return None if names is None else {c: i for i, c in enumerate(names)}
+
     def __repr__(self) -> str:
         return f"ShardDataset({str(self.path)!r}, {len(self)} records, fields={self.fields})"
 
@@ -108,8 +120,10 @@ class ShardDataset(torch.utils.data.Dataset):
         if not isinstance(e, (CorruptRecordError, ValueError, OSError, SyntaxError, IndexError)):
             return e   # a bug in an op, not bad bytes: let it surface as itself
         shard, record = self.reader.locate(index)
-        return CorruptRecordError(f"cannot decode field {field!r}: {e}", path=str(shard), record=record,
-                                  index=index)
+        key = self.reader.source_key(index)
+        source = f" (converted from {key})" if key is not None else ""
+        return CorruptRecordError(f"cannot decode field {field!r}{source}: {e}", path=str(shard),
+                                  record=record, index=index)
 
     # --- whole batches (fastload's fast path) -----------------------------------------------------------
     def sample_spec(self) -> list[tuple[str, tuple, np.dtype]] | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from fastload.formats.schema import EncodedImage
 
@@ -69,7 +69,12 @@ def encode_image(value: Any, quality: int = 90, max_side: int | None = None, ree
         value = Path(value).read_bytes()
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
-        im = Image.open(io.BytesIO(data))
+        try:
+            im = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            # PIL's message names an in-memory object address: say it without one (stable, readable)
+            raise ValueError(f"not an image file PIL can identify ({len(data)} bytes, starts with "
+                             f"{data[:8]!r})") from None
         if reencode or _fit(im.size, max_side) is not None:
             return _to_jpeg(im, quality, max_side)
         if validate:

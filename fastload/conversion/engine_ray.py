@@ -8,7 +8,9 @@ fastload starts itself listens on loopback only.
 from __future__ import annotations
 
 import os
+import sys
 import time
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 from fastload.conversion.plan import WorkUnit
@@ -26,6 +28,40 @@ def import_ray() -> Any:
         raise ConversionError(f"--engine ray / engine='ray' needs the Ray package, which is not installed: "
                               f"{INSTALL_HINT}") from None
     return ray
+
+
+# Ray decides once, when it is imported, whether a local instance binds the machine's address (the default
+# on Linux) or loopback only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, its default on macOS and Windows).
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _import_ray_loopback() -> Any:
+    """Import Ray so that a local instance started from this process listens on loopback only."""
+    if "ray" in sys.modules:
+        return import_ray()
+    old = os.environ.get(_LOOPBACK_ENV)
+    os.environ[_LOOPBACK_ENV] = "0"
+    try:
+        return import_ray()
+    finally:
+        if old is None:
+            os.environ.pop(_LOOPBACK_ENV, None)
+        else:
+            os.environ[_LOOPBACK_ENV] = old
+
+
+@contextmanager
+def _loopback_only(ray: Any) -> Iterator[None]:
+    """Ray was imported before fastload could choose: set the switch it read at import for this start."""
+    consts = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    old = getattr(consts, "ENABLE_RAY_CLUSTER", None)
+    if old:
+        consts.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if old:
+            consts.ENABLE_RAY_CLUSTER = old
 
 
 def _task(job: UnitJob, unit: WorkUnit) -> UnitResult:
@@ -48,21 +84,14 @@ class RayEngine:
         self.startup_seconds = 0.0
 
     def start(self) -> None:
-        ray = import_ray()
         t0 = time.perf_counter()
+        local = self.address is None and not ("ray" in sys.modules and sys.modules["ray"].is_initialized())
+        ray = _import_ray_loopback() if local else import_ray()
         if not ray.is_initialized():
-            if self.address is None:
-                # A local instance: bind loopback only (Ray otherwise listens on the machine's address).
-                old = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
-                os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-                try:
+            if local:
+                with _loopback_only(ray):
                     ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
                              _node_ip_address="127.0.0.1")
-                finally:
-                    if old is None:
-                        os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-                    else:
-                        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = old
             else:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
             self._started_here = True

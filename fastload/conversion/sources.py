@@ -60,7 +60,8 @@ def _path_source(s: str) -> Source:
     if any(c in s for c in "*?{") and s.lower().endswith(".tar"):
         return WebDatasetSource(s)
     if ":" in s and not os.path.exists(s):
-        return MapDatasetSource(load_callable(s), None, spec=s)
+        obj = load_callable(s)
+        return obj if isinstance(obj, SOURCE_TYPES) else MapDatasetSource(obj, None, spec=s)
     raise SourceError("no such file or directory (expected an ImageFolder tree, Parquet, a Hugging Face "
                       "dataset folder, WebDataset tars, a CSV/JSONL list or 'module:callable')", s)
 

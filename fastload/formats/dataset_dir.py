@@ -218,6 +218,18 @@ class DatasetReader:
         k = bisect_right(self._ends, i)
         return self.path / self._manifest.shards[k].file, i - self._starts[k]
 
+    def source_key(self, index: int) -> str | None:
+        """The source item record ``index`` was converted from (``cat/001.jpg``, ``train.parquet#17``), for
+        messages; None when the dataset does not record it."""
+        self._ensure_open()
+        keys = self.__dict__.get("_source_keys", False)
+        if keys is False:
+            from fastload.formats.source_keys import read_source_keys
+            keys = self._source_keys = read_source_keys(self.path, self._manifest.info, self._len)
+        if keys is None:
+            return None
+        return keys[operator.index(index)]
+
     def check(self, index: int) -> None:
         """Raise CorruptRecordError (naming shard and record) if record ``index`` fails its checksum."""
         part, local, i = self._locate(index)

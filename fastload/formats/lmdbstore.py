@@ -111,7 +111,7 @@ class LMDBWriter:
         self.fsync = fsync
         self._txn_bytes = txn_bytes
         self._env = lmdb.open(str(self.path), subdir=False, map_size=map_size, sync=False, metasync=False,
-                              readahead=False, meminit=False, max_dbs=0, lock=True)
+                              readahead=False, meminit=True, max_dbs=0, lock=True)
         self._rows = IndexBuilder(schema.index_dtype)
         self._pending: list[tuple[bytes, bytes]] = []
         self._pending_bytes = 0
