@@ -230,10 +230,87 @@ def test_parse_size():
             parse_size(bad)
 
 
-def test_fastload_convert_stays_callable_after_importing_the_package(tmp_path, photo_folder):
+def test_fastload_convert_is_a_plain_function(tmp_path, photo_folder):
+    import types
+
     import fastload
-    import fastload.convert as conv_pkg
-    assert fastload.convert is conv_pkg or callable(fastload.convert)
+    import fastload.conversion
+    assert isinstance(fastload.convert, types.FunctionType)
+    assert fastload.convert is fastload.conversion.convert
+    assert type(fastload.conversion) is types.ModuleType
     s = fastload.convert(photo_folder, tmp_path / "a", workers=0, progress=False)
-    s2 = fastload.convert(photo_folder, tmp_path / "b", workers=0, progress=False)
-    assert s.records == s2.records == 40
+    assert s.records == 40
+
+
+def test_class_names_round_trip_as_torchvision(tmp_path, photo_folder):
+    from fastload import ShardDataset
+    s = convert(photo_folder, tmp_path / "ds", workers=0, progress=False)
+    classes = sorted(p.name for p in photo_folder.iterdir() if p.is_dir())
+    assert s.classes == classes
+    ds = ShardDataset(tmp_path / "ds")
+    assert ds.classes == classes and ds.class_to_idx == {c: i for i, c in enumerate(classes)}
+    assert read_manifest(tmp_path / "ds").info["classes"] == classes
+    # a dataset without names (arrays) says so
+    convert({"x": np.arange(5)}, tmp_path / "arr", progress=False)
+    assert ShardDataset(tmp_path / "arr").classes is None
+
+
+def test_corrupt_record_error_names_the_source_file(tmp_path, photo_folder):
+    from fastload import ShardDataset, ops
+    from fastload.errors import CorruptRecordError
+    convert(photo_folder, tmp_path / "ds", workers=0, progress=False, shard_size="100MB")
+    r = open_dataset(tmp_path / "ds")
+    assert r.source_key(5) == os.path.relpath(_files(photo_folder)[5][0], photo_folder)
+    shard = r.shard_paths[0]
+    start = int(r._part(0).index["_offset"][5]) + int(r._part(0).index["image.off"][5])
+    r.close()
+    data = bytearray(shard.read_bytes())
+    data[start + 2: start + 4000] = bytes(3998)          # wipe the JPEG headers of record 5
+    shard.write_bytes(bytes(data))
+    ds = ShardDataset(tmp_path / "ds", transforms={"image": [ops.DecodeCenterCrop(64, 64)]})
+    with pytest.raises(CorruptRecordError, match=r"converted from cat/cat_00001\.jpg"):
+        ds[5]
+
+
+def test_missing_ray_names_the_package(tmp_path, photo_folder):
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "import fastload\n"
+            f"fastload.convert({str(photo_folder)!r}, {str(tmp_path / 'ds')!r}, engine='ray', progress=False)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "ConversionError" in p.stderr
+    assert "pip install 'fastload[ray]'" in p.stderr
+    assert not (tmp_path / "ds").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_dead_local_worker_is_named(tmp_path, photo_folder):
+    from convert_test_sources import CrashingSource
+    from fastload.errors import ConversionError
+    src = CrashingSource(photo_folder, crash_at=17, marker=None)
+    with pytest.raises(ConversionError, match=r"worker pid \d+ exited with status 3 while converting unit \d+ "
+                                              r"\(items \d+\.\.\d+, first: .*\.jpg\)"):
+        convert(src, tmp_path / "ds", workers=2, shard_size="300KB", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (needs the right to mount, e.g. root in a container)."""
+    import subprocess
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("backend", ["shards", "lmdb"])
+def test_full_disk_is_no_space_left_and_leaves_nothing(small_disk, photo_folder, backend):
+    import errno
+    with pytest.raises(OSError) as e:
+        convert(photo_folder, small_disk / "ds", backend=backend, workers=0, progress=False)
+    assert e.value.errno == errno.ENOSPC and "No space left on device" in str(e.value)
+    assert list(small_disk.iterdir()) == []

@@ -125,10 +125,9 @@ def _engine(engine: str, workers: int | None, address: str | None, n: int, cheap
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if workers is None:
         # Packing plain arrays costs less than shipping the records between processes (measured in
-        # benchmarks/bench_storage.py), so arrays without images are converted in this process.
-        workers = 0 if cheap else (os.cpu_count() or 1)
-    if n < 64:
-        workers = 0                   # not worth starting processes
+        # benchmarks/bench_storage.py), so arrays without images are converted in this process, and so
+        # are small sources (not worth starting processes).
+        workers = 0 if cheap or n < 64 else (os.cpu_count() or 1)
     return LocalEngine(workers)
 
 

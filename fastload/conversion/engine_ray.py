@@ -7,6 +7,7 @@ fastload starts itself listens on loopback only.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -37,7 +38,7 @@ _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 def _import_ray_loopback() -> Any:
     """Import Ray so that a local instance started from this process listens on loopback only."""
-    if "ray" in sys.modules:
+    if sys.modules.get("ray") is not None or "ray" in sys.modules:
         return import_ray()
     old = os.environ.get(_LOOPBACK_ENV)
     os.environ[_LOOPBACK_ENV] = "0"
@@ -80,12 +81,19 @@ class RayEngine:
 
     def __init__(self, address: str | None = None, workers: int | None = None):
         self.address, self.workers = address, workers
+        try:
+            found = importlib.util.find_spec("ray") is not None
+        except (ValueError, ImportError):
+            found = False
+        if not found:
+            import_ray()           # raises the error that names the package
         self._started_here = False
         self.startup_seconds = 0.0
 
     def start(self) -> None:
         t0 = time.perf_counter()
-        local = self.address is None and not ("ray" in sys.modules and sys.modules["ray"].is_initialized())
+        imported = sys.modules.get("ray") is not None
+        local = self.address is None and not (imported and sys.modules["ray"].is_initialized())
         ray = _import_ray_loopback() if local else import_ray()
         if not ray.is_initialized():
             if local:
