@@ -1,7 +1,10 @@
 """The local engine: work units on this machine's worker processes (or in this process).
 
-Each worker takes units from a queue and says which unit it starts, so a worker that dies (OOM killer,
-segfault) is named with its pid, signal and unit instead of leaving the conversion waiting forever.
+Workers prepare chunks of a unit's items (load, validate, pack: the expensive part) so that every core
+works even when there are fewer units than cores; this process streams the chunks, in order, into each
+unit's shard.  The shard bytes are the same as when a Ray task writes the whole unit.  Each worker says
+which chunk it starts, so a worker that dies (OOM killer, segfault) is named with its pid, signal and unit
+instead of leaving the conversion waiting forever.
 """
 from __future__ import annotations
 
@@ -15,26 +18,35 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from fastload.conversion.plan import WorkUnit
-from fastload.conversion.units import UnitJob, UnitResult, run_unit
+from fastload.conversion.units import ChunkResult, UnitAssembler, UnitJob, UnitResult, prepare_range, run_unit
 from fastload.errors import ConversionError
+
+
+@dataclass(frozen=True)
+class Chunk:
+    number: int        # position in the conversion's chunk order
+    unit: WorkUnit
+    start: int
+    stop: int
 
 
 @dataclass(frozen=True)
 class Started:
     pid: int
-    unit: int
+    chunk: int
 
 
 @dataclass(frozen=True)
 class Finished:
     pid: int
-    result: UnitResult
+    chunk: int
+    result: ChunkResult
 
 
 @dataclass(frozen=True)
 class Raised:
     pid: int
-    unit: int
+    chunk: int
     error: str
 
 
@@ -50,14 +62,14 @@ def _worker(job: UnitJob, tasks, results) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     pid = os.getpid()
     while True:
-        unit = tasks.get()
-        if unit is None:
+        c = tasks.get()
+        if c is None:
             return
-        results.put(Started(pid, unit.index))
+        results.put(Started(pid, c.number))
         try:
-            results.put(Finished(pid, run_unit(job, unit, f"worker pid {pid}")))
+            results.put(Finished(pid, c.number, prepare_range(job, c.start, c.stop)))
         except Exception as e:
-            results.put(Raised(pid, unit.index, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+            results.put(Raised(pid, c.number, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
 
 def describe_unit(job: UnitJob, unit: WorkUnit) -> str:
@@ -95,45 +107,48 @@ class LocalEngine:
     def run(self, job: UnitJob, units: list[WorkUnit]) -> Iterator[UnitResult]:
         if not units:
             return
-        if self.workers == 0 or len(units) == 1:
+        if self.workers == 0:
             for u in units:
                 yield run_unit(job, u, f"pid {os.getpid()}")
             return
+        items = sum(len(u) for u in units)
+        step = max(1, min(64, items // (self.workers * 8)))
+        chunks = [Chunk(0, u, s, min(s + step, u.stop)) for u in units for s in range(u.start, u.stop, step)]
+        chunks = [Chunk(k, c.unit, c.start, c.stop) for k, c in enumerate(chunks)]
         ctx = _context()
         tasks, results = ctx.Queue(), ctx.Queue()
-        n = min(self.workers, len(units))
-        for u in units:
-            tasks.put(u)
-        for _ in range(n):
-            tasks.put(None)
-        by_index = {u.index: u for u in units}
+        n = min(self.workers, len(chunks))
+        window = 4 * n                           # chunks handed out ahead of the one being written
         procs = [ctx.Process(target=_worker, args=(job, tasks, results), daemon=True) for _ in range(n)]
         for p in procs:
             p.start()
-        running: dict[int, int] = {}            # pid -> unit index
-        left = len(units)
+        running: dict[int, int] = {}            # pid -> chunk number
+        done: dict[int, tuple[int, ChunkResult]] = {}
+        sent = 0
+        asm = None
         try:
-            while left:
-                try:
-                    msg = results.get(timeout=0.5)
-                except queue.Empty:
-                    for p in procs:
-                        if p.exitcode is not None and p.exitcode != 0:
-                            u = running.get(p.pid)
-                            where = describe_unit(job, by_index[u]) if u is not None else "no unit"
-                            raise ConversionError(f"conversion worker pid {p.pid} {_signal_name(p.exitcode)} "
-                                                  f"while converting {where}")
-                    continue
-                if isinstance(msg, Started):
-                    running[msg.pid] = msg.unit
-                elif isinstance(msg, Raised):
-                    raise ConversionError(f"worker pid {msg.pid} failed on "
-                                          f"{describe_unit(job, by_index[msg.unit])}: {msg.error}")
-                else:
-                    running.pop(msg.pid, None)
-                    left -= 1
-                    yield msg.result
+            for k, c in enumerate(chunks):
+                while sent < len(chunks) and sent < k + window:
+                    tasks.put(chunks[sent])
+                    sent += 1
+                    if sent == len(chunks):
+                        for _ in range(n):
+                            tasks.put(None)
+                while k not in done:
+                    self._receive(job, chunks, procs, results, running, done)
+                pid, part = done.pop(k)
+                if asm is None:
+                    asm = UnitAssembler(job, c.unit, f"local workers (pid {os.getpid()})")
+                if not asm.add(part):
+                    asm.res.worker = f"worker pid {pid}"
+                    yield asm.finish()
+                    return
+                if c.stop == c.unit.stop:
+                    res, asm = asm.finish(), None
+                    yield res
         finally:
+            if asm is not None:
+                asm.abort()
             for p in procs:
                 if p.is_alive():
                     p.terminate()
@@ -146,3 +161,24 @@ class LocalEngine:
             results.cancel_join_thread()
             tasks.close()
             results.close()
+
+    @staticmethod
+    def _receive(job, chunks, procs, results, running, done) -> None:
+        try:
+            msg = results.get(timeout=0.5)
+        except queue.Empty:
+            for p in procs:
+                if p.exitcode is not None and p.exitcode != 0:
+                    c = running.get(p.pid)
+                    where = describe_unit(job, chunks[c].unit) if c is not None else "no unit"
+                    raise ConversionError(f"conversion worker pid {p.pid} {_signal_name(p.exitcode)} "
+                                          f"while converting {where}") from None
+            return
+        if isinstance(msg, Started):
+            running[msg.pid] = msg.chunk
+        elif isinstance(msg, Raised):
+            raise ConversionError(f"worker pid {msg.pid} failed on "
+                                  f"{describe_unit(job, chunks[msg.chunk].unit)}: {msg.error}")
+        else:
+            running.pop(msg.pid, None)
+            done[msg.chunk] = (msg.pid, msg.result)

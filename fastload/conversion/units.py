@@ -61,51 +61,102 @@ def sidecar_path(staging: str | os.PathLike, unit: WorkUnit) -> Path:
     return Path(staging) / (unit.shard_name + SIDECAR)
 
 
-def run_unit(job: UnitJob, unit: WorkUnit, worker: str) -> UnitResult:
-    """Convert ``unit``; the shard (if any) is complete on disk when this returns."""
-    t0 = time.perf_counter()
+@dataclass
+class ChunkResult:
+    """Items ``start..stop-1`` prepared (packed records, or why not), in order."""
+    start: int
+    stop: int
+    records: list[PackedRecord] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    skipped: list[Failure] = field(default_factory=list)
+    failed: Failure | None = None
+
+
+CHUNK = 64      # items prepared per step inside a unit (bounds a task's memory, not its output)
+
+
+def prepare_range(job: UnitJob, start: int, stop: int) -> ChunkResult:
+    """Load, validate and pack items ``start..stop-1`` (stops at the first bad one under on_error="fail")."""
     prep = job.preparer
-    res = UnitResult(unit, worker)
-    writer = None
-    if job.output is Output.SHARD:
-        part = Path(job.staging) / f"{unit.shard_name}{PART}{uuid.uuid4().hex[:12]}"
-        writer = ShardWriter(part, prep.schema, align=prep.align, fsync=True)
-    else:
-        res.records = []
-    try:
-        for i in range(unit.start, unit.stop):
-            rec = prep(i)
-            if isinstance(rec, Failure):
-                if job.on_error == "fail":
-                    res.failed = rec
-                    res.records = None
-                    if writer is not None:
-                        writer.abort()
-                    return res
-                res.skipped.append(rec)
-                continue
-            res.keys.append(prep.source.key(i))
-            if writer is not None:
-                writer.write_packed(rec)
+    out = ChunkResult(start, stop)
+    for i in range(start, stop):
+        rec = prep(i)
+        if isinstance(rec, Failure):
+            if job.on_error == "fail":
+                out.failed = rec
+                return out
+            out.skipped.append(rec)
+            continue
+        out.keys.append(prep.source.key(i))
+        out.records.append(rec)
+    return out
+
+
+class UnitAssembler:
+    """Builds one unit's output from its chunks, given in order: streams records into the unit's shard file
+    (or keeps them for LMDB), then renames the shard and writes the sidecar."""
+
+    def __init__(self, job: UnitJob, unit: WorkUnit, worker: str):
+        self.job, self.unit = job, unit
+        self.res = UnitResult(unit, worker)
+        self.t0 = time.perf_counter()
+        self.writer = None
+        if job.output is Output.SHARD:
+            self.part = Path(job.staging) / f"{unit.shard_name}{PART}{uuid.uuid4().hex[:12]}"
+            self.writer = ShardWriter(self.part, job.preparer.schema, align=job.preparer.align, fsync=True)
+        else:
+            self.res.records = []
+
+    def add(self, chunk: ChunkResult) -> bool:
+        """Append ``chunk``; False once an item failed under on_error="fail" (the unit is then abandoned)."""
+        res = self.res
+        if chunk.failed is not None:
+            res.failed, res.records = chunk.failed, None
+            self.abort()
+            return False
+        res.skipped += chunk.skipped
+        res.keys += chunk.keys
+        for rec in chunk.records:
+            if self.writer is not None:
+                self.writer.write_packed(rec)
             else:
                 res.records.append(rec)
             res.num_records += 1
             res.num_bytes += len(rec.data)
-        if writer is not None:
-            info = writer.close()
+        return True
+
+    def finish(self) -> UnitResult:
+        res = self.res
+        if self.writer is not None and res.failed is None:
+            info = self.writer.close()
+            self.writer = None
             if info.num_records == 0:
-                part.unlink()
+                self.part.unlink()
             else:
-                final = part.with_name(unit.shard_name)
-                os.replace(part, final)
+                final = self.part.with_name(self.unit.shard_name)
+                os.replace(self.part, final)
                 res.entry = ShardEntry(final.name, info.num_records, info.num_bytes, info.sha256)
-            _write_sidecar(job, res)
+            _write_sidecar(self.job, res)
+        res.seconds = time.perf_counter() - self.t0
+        return res
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+
+
+def run_unit(job: UnitJob, unit: WorkUnit, worker: str) -> UnitResult:
+    """Convert ``unit`` here; the shard (if any) is complete on disk when this returns."""
+    asm = UnitAssembler(job, unit, worker)
+    try:
+        for s in range(unit.start, unit.stop, CHUNK):
+            if not asm.add(prepare_range(job, s, min(s + CHUNK, unit.stop))):
+                break
+        return asm.finish()
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        asm.abort()
         raise
-    res.seconds = time.perf_counter() - t0
-    return res
 
 
 def _write_sidecar(job: UnitJob, res: UnitResult) -> None:
