@@ -105,18 +105,46 @@ def _jsonl(tmp, photo_folder):
     return tmp / "list.jsonl", expect, None, [str(f) for f, _ in files]
 
 
-SOURCES = {"parquet": _parquet, "hf-datasets": _hf_dataset, "hf-parquet": _hf_parquet,
+def _url(tmp, photo_folder, port):
+    """The ImageFolder under a URL prefix, served by a real HTTP server on 127.0.0.1."""
+    pytest.importorskip("fsspec")
+    pytest.importorskip("aiohttp")
+    classes = sorted(p.name for p in photo_folder.iterdir() if p.is_dir())
+    files = [(f, classes.index(c)) for c in classes for f in sorted((photo_folder / c).glob("*.jpg"))]
+    expect = [{"image": f.read_bytes(), "label": y} for f, y in files]
+    return f"http://127.0.0.1:{port}/", expect, classes, [f"{f.parent.name}/{f.name}" for f, _ in files]
+
+
+SOURCES = {"url-imagefolder": _url, "parquet": _parquet, "hf-datasets": _hf_dataset, "hf-parquet": _hf_parquet,
            "webdataset": _webdataset, "csv": _csv, "jsonl": _jsonl}
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, photo_folder):
+def http_port(photo_folder):
+    """A static HTTP server for the photo folder, listening on 127.0.0.1 only."""
+    import functools
+    import http.server
+    import threading
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(photo_folder))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, photo_folder, http_port):
     cache = {}
 
     def get(name):
         if name not in cache:
             tmp = tmp_path_factory.mktemp(name)
-            src, expect, classes, keys = SOURCES[name](tmp, photo_folder)
+            make = SOURCES[name]
+            src, expect, classes, keys = (make(tmp, photo_folder, http_port) if make is _url
+                                          else make(tmp, photo_folder))
             dst = tmp / "local"
             fastload.convert(src, dst, workers=2, shard_size="150KB", progress=False)
             cache[name] = (src, expect, classes, keys, dst)

@@ -7,6 +7,7 @@ from fastload.conversion.encode import encode_image
 from fastload.conversion.imagefolder import ImageFolderSource
 from fastload.conversion.pathlist import PathListSource
 from fastload.conversion.pysources import ArraySource, MapDatasetSource
+from fastload.conversion.remote_folder import RemoteImageFolderSource
 from fastload.conversion.sizes import parse_size
 from fastload.conversion.sources import resolve_source
 from fastload.conversion.tabular import HFDatasetSource, ParquetSource
@@ -14,5 +15,5 @@ from fastload.conversion.values import infer_schema
 from fastload.conversion.webdataset_tars import WebDatasetSource
 
 __all__ = ["ArraySource", "ConvertSummary", "HFDatasetSource", "ImageFolderSource", "MapDatasetSource",
-           "ParquetSource", "PathListSource", "WebDatasetSource", "convert", "encode_image", "infer_schema",
+           "ParquetSource", "PathListSource", "RemoteImageFolderSource", "WebDatasetSource", "convert", "encode_image", "infer_schema",
            "parse_size", "resolve_source"]

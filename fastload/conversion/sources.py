@@ -18,13 +18,14 @@ import numpy as np
 from fastload.conversion.imagefolder import ImageFolderSource
 from fastload.conversion.pathlist import LIST_SUFFIXES, PathListSource
 from fastload.conversion.pysources import ArraySource, MapDatasetSource, load_callable
+from fastload.conversion.remote_folder import RemoteImageFolderSource, is_url
 from fastload.conversion.tabular import HFDatasetSource, ParquetSource
 from fastload.conversion.webdataset_tars import WebDatasetSource
 from fastload.errors import SourceError
 from fastload.formats.schema import Schema
 
 SOURCE_TYPES = (ImageFolderSource, MapDatasetSource, ArraySource, ParquetSource, HFDatasetSource,
-                WebDatasetSource, PathListSource)
+                WebDatasetSource, PathListSource, RemoteImageFolderSource)
 
 
 class Source(Protocol):
@@ -37,6 +38,8 @@ class Source(Protocol):
 
 
 def _path_source(s: str) -> Source:
+    if is_url(s):
+        return RemoteImageFolderSource(s)
     p = Path(s)
     if p.is_file():
         suffix = p.suffix.lower()
