@@ -237,9 +237,22 @@ def convert(source: Any, dst: str | os.PathLike, fields: Schema | Mapping[str, F
             if backend == "lmdb":
                 sink = _LMDBSink(staging, schema)
             t_work = time.perf_counter()
-            done_bytes = 0
+            ticked: dict[int, list[int]] = {}       # unit -> [items, bytes] shown on the bar so far
+            n_skipped = 0
+
+            def show(unit: int, items: int, nbytes: int) -> None:
+                t = ticked.setdefault(unit, [0, 0])
+                t[0] += items
+                t[1] += nbytes
+                if bar is not None:
+                    bar.update(items)
+                    done_bytes = sum(b for _, b in ticked.values())
+                    dt = time.perf_counter() - t_work
+                    bar.set_postfix_str(f"{done_bytes / 1e6 / max(dt, 1e-9):.1f} MB/s, {n_skipped} skipped",
+                                        refresh=False)
+
             todo = [u for u in plan.units if u.index not in results]
-            for res in eng.run(job, todo):
+            for res in eng.run(job, todo, show):
                 if res.failed is not None:
                     raise SourceError(f"{res.failed.error} (in {res.worker}, unit {res.unit.index}; use "
                                       "--on-error skip / on_error='skip' to leave bad items out)",
@@ -247,13 +260,9 @@ def convert(source: Any, dst: str | os.PathLike, fields: Schema | Mapping[str, F
                 if sink is not None:
                     sink.add(res)
                 results[res.unit.index] = res
-                done_bytes += res.num_bytes
-                if bar is not None:
-                    bar.update(len(res.unit))
-                    dt = time.perf_counter() - t_work
-                    bar.set_postfix_str(f"{done_bytes / 1e6 / max(dt, 1e-9):.1f} MB/s, "
-                                        f"{sum(len(r.skipped) for r in results.values())} skipped",
-                                        refresh=False)
+                n_skipped += len(res.skipped)
+                t = ticked.get(res.unit.index, [0, 0])
+                show(res.unit.index, len(res.unit) - t[0], res.num_bytes - t[1])
             manifest = _commit(staging, plan, results, sink, schema, backend, src, options)
         except BaseException:
             if sink is not None:

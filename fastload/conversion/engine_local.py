@@ -15,7 +15,7 @@ import signal
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from fastload.conversion.plan import WorkUnit
 from fastload.conversion.units import ChunkResult, UnitAssembler, UnitJob, UnitResult, prepare_range, run_unit
@@ -104,7 +104,9 @@ class LocalEngine:
     def close(self) -> None:
         pass
 
-    def run(self, job: UnitJob, units: list[WorkUnit]) -> Iterator[UnitResult]:
+    def run(self, job: UnitJob, units: list[WorkUnit],
+            tick: Callable[[int, int, int], None] | None = None) -> Iterator[UnitResult]:
+        """Yield each unit's result; ``tick(unit, items, bytes)`` reports chunks as they are written."""
         if not units:
             return
         if self.workers == 0:
@@ -143,6 +145,8 @@ class LocalEngine:
                     asm.res.worker = f"worker pid {pid}"
                     yield asm.finish()
                     return
+                if tick is not None:
+                    tick(c.unit.index, c.stop - c.start, sum(len(r.data) for r in part.records))
                 if c.stop == c.unit.stop:
                     res, asm = asm.finish(), None
                     yield res

@@ -111,7 +111,8 @@ class RayEngine:
             ray.shutdown()
             self._started_here = False
 
-    def run(self, job: UnitJob, units: list[WorkUnit]) -> Iterator[UnitResult]:
+    def run(self, job: UnitJob, units: list[WorkUnit], tick: Any = None) -> Iterator[UnitResult]:
+        """Yield each unit's result as its task finishes (progress moves by whole units)."""
         if not units:
             return
         ray = import_ray()
