@@ -270,6 +270,12 @@ def test_corrupt_record_error_names_the_source_file(tmp_path, photo_folder):
     ds = ShardDataset(tmp_path / "ds", transforms={"image": [ops.DecodeCenterCrop(64, 64)]})
     with pytest.raises(CorruptRecordError, match=r"converted from cat/cat_00001\.jpg"):
         ds[5]
+    # datasets written before source keys existed (or with the file lost) still read, without the name
+    (tmp_path / "ds" / "source_keys.jsonl").unlink()
+    assert open_dataset(tmp_path / "ds").source_key(5) is None
+    with pytest.raises(CorruptRecordError) as e:
+        ShardDataset(tmp_path / "ds", transforms={"image": [ops.DecodeCenterCrop(64, 64)]})[5]
+    assert "converted from" not in str(e.value) and "record 5" in str(e.value)
 
 
 def test_missing_ray_names_the_package(tmp_path, photo_folder):
@@ -294,23 +300,36 @@ def test_dead_local_worker_is_named(tmp_path, photo_folder):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs (needs the right to mount, e.g. root in a container)."""
-    import subprocess
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
+_FULL_DISK = """
+import errno, os, sys
+import fastload
+mnt = sys.argv[1]
+try:
+    fastload.convert(sys.argv[2], os.path.join(mnt, "ds"), backend=sys.argv[3], workers=0, progress=False)
+except OSError as e:
+    assert e.errno == errno.ENOSPC and "No space left on device" in str(e), repr(e)
+    assert os.listdir(mnt) == [], os.listdir(mnt)
+    print("ENOSPC-CLEAN")
+else:
+    print("NO-ERROR")
+"""
 
 
 @pytest.mark.parametrize("backend", ["shards", "lmdb"])
-def test_full_disk_is_no_space_left_and_leaves_nothing(small_disk, photo_folder, backend):
-    import errno
-    with pytest.raises(OSError) as e:
-        convert(photo_folder, small_disk / "ds", backend=backend, workers=0, progress=False)
-    assert e.value.errno == errno.ENOSPC and "No space left on device" in str(e.value)
-    assert list(small_disk.iterdir()) == []
+def test_full_disk_is_no_space_left_and_leaves_nothing(tmp_path, photo_folder, backend):
+    """Converts into a 1 MiB tmpfs: mounted directly as root, else in a user namespace (unshare -rm)."""
+    import shutil
+    import subprocess
+    import sys
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    inner = (f"mount -t tmpfs -o size=1m tmpfs {mnt} || exit 77; "
+             f"{sys.executable} -c '{_FULL_DISK}' {mnt} {photo_folder} {backend}; rc=$?; umount {mnt}; exit $rc")
+    prefix = [] if os.geteuid() == 0 else (["unshare", "-rm"] if shutil.which("unshare") else None)
+    if prefix is None:
+        pytest.skip("cannot mount a small file system here (not root, no unshare)")
+    p = subprocess.run([*prefix, "sh", "-c", inner], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    if p.returncode == 77 or (prefix and p.returncode != 0 and "unshare" in p.stderr):
+        pytest.skip(f"cannot mount a small file system here: {p.stderr.strip()[-200:]}")
+    assert p.returncode == 0 and "ENOSPC-CLEAN" in p.stdout, p.stdout + p.stderr
