@@ -68,6 +68,9 @@ def _loopback_only(ray: Any) -> Iterator[None]:
 def _task(job: UnitJob, unit: WorkUnit) -> UnitResult:
     import ray
     ctx = ray.get_runtime_context()
+    if not os.path.isdir(job.staging):
+        raise ConversionError(f"{job.staging} does not exist on node {ctx.get_node_id()[:12]}: with a Ray "
+                              "cluster, DST must be on a file system every node sees")
     return run_unit(job, unit, f"Ray task {ctx.get_task_id()} on node {ctx.get_node_id()[:12]} "
                                f"(pid {os.getpid()})")
 
@@ -101,7 +104,11 @@ class RayEngine:
                     ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
                              _node_ip_address="127.0.0.1")
             else:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+                try:
+                    ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+                except (ConnectionError, RuntimeError, ValueError) as e:
+                    raise ConversionError(f"cannot join the Ray cluster at {self.address!r}: "
+                                          f"{type(e).__name__}: {e}") from None
             self._started_here = True
         self.startup_seconds = time.perf_counter() - t0
 
