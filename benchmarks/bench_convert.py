@@ -33,7 +33,7 @@ PACKAGE = {"webdataset": "webdataset", "litdata": "litdata", "mosaicml": "stream
 
 
 def _warm_ray_worker() -> int:
-    import fastload.conversion  # noqa: F401  (the import a conversion task pays once per worker)
+    import fastload.conversion  # noqa: F401 (the import a conversion task pays once per worker)
     return os.getpid()
 SHARD_BYTES = 256_000_000
 

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 import fastload
-from convert_test_sources import CrashingSource, SlowSource, file_digests
+from convert_test_sources import CrashingSource, file_digests
 from fastload.errors import ConversionError, SourceError
-from fastload.formats import open_dataset
 
 psutil = pytest.importorskip("psutil")
 REPO = Path(__file__).resolve().parents[1]

@@ -73,7 +73,7 @@ def encode_image(value: Any, quality: int = 90, max_side: int | None = None, ree
             im = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             # PIL's message names an in-memory object address: say it without one (stable, readable)
-            raise ValueError(f"not an image file PIL can identify ({len(data)} bytes, starts with "
+            raise OSError(f"not an image file PIL can identify ({len(data)} bytes, starts with "
                              f"{data[:8]!r})") from None
         if reencode or _fit(im.size, max_side) is not None:
             return _to_jpeg(im, quality, max_side)
