@@ -37,6 +37,16 @@ def test_ray_output_is_byte_identical_to_local(ray_cluster, photo_folder, local_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]      # no staging directory left
 
 
+def test_one_big_shard_fans_out_and_stays_identical(ray_cluster, photo_folder, tmp_path):
+    """Fewer units than CPUs: the unit's task spreads its items over sub-tasks, even one that dies once."""
+    a = fastload.convert(photo_folder, tmp_path / "a", workers=2, progress=False)
+    marker = tmp_path / "crashed-once"
+    b = fastload.convert(CrashingSource(photo_folder, crash_at=25, marker=str(marker)), tmp_path / "b",
+                         engine="ray", progress=False)
+    assert a.units == b.units == 1 and marker.exists()
+    assert file_digests(a.path) == file_digests(b.path)
+
+
 def test_ray_lmdb_is_byte_identical_to_local(ray_cluster, photo_folder, tmp_path):
     a = fastload.convert(photo_folder, tmp_path / "a", backend="lmdb", workers=2, shard_size="200KB",
                          progress=False)

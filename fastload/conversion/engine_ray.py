@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from fastload.conversion.plan import WorkUnit
-from fastload.conversion.units import UnitJob, UnitResult, run_unit
+from fastload.conversion.units import (CHUNK, ChunkResult, UnitAssembler, UnitJob, UnitResult, prepare_range,
+                                      run_unit)
 from fastload.errors import ConversionError
 
 INSTALL_HINT = "pip install 'fastload[ray]'  (or: pip install ray)"
@@ -65,14 +66,51 @@ def _loopback_only(ray: Any) -> Iterator[None]:
             consts.ENABLE_RAY_CLUSTER = old
 
 
-def _task(job: UnitJob, unit: WorkUnit) -> UnitResult:
+def _prepare_task(job: UnitJob, start: int, stop: int) -> ChunkResult:
+    return prepare_range(job, start, stop)
+
+
+def _task(job_box: list, unit: WorkUnit, fan_out: bool) -> UnitResult:
+    """Write ``unit``'s shard here.  With ``fan_out`` its items are prepared by sub-tasks (so one shard
+    keeps many CPUs busy) and streamed, in order, into the shard by this task."""
     import ray
+    job_ref = job_box[0]                    # boxed, so Ray hands over the reference, not the job
+    job = ray.get(job_ref)
     ctx = ray.get_runtime_context()
+    worker = f"Ray task {ctx.get_task_id()} on node {ctx.get_node_id()[:12]} (pid {os.getpid()})"
     if not os.path.isdir(job.staging):
         raise ConversionError(f"{job.staging} does not exist on node {ctx.get_node_id()[:12]}: with a Ray "
                               "cluster, DST must be on a file system every node sees")
-    return run_unit(job, unit, f"Ray task {ctx.get_task_id()} on node {ctx.get_node_id()[:12]} "
-                               f"(pid {os.getpid()})")
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    step = max(8, min(CHUNK, len(unit) // (2 * cpus)))
+    if not fan_out or len(unit) <= step:
+        return run_unit(job, unit, worker)
+    prep = ray.remote(_prepare_task).options(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
+    bounds = [(s, min(s + step, unit.stop)) for s in range(unit.start, unit.stop, step)]
+    window = max(2, 2 * cpus)
+    refs = [prep.remote(job_ref, s, e) for s, e in bounds[:window]]
+    asm = UnitAssembler(job, unit, worker)
+    try:
+        for k, (s, e) in enumerate(bounds):
+            if k + window < len(bounds):
+                refs.append(prep.remote(job_ref, *bounds[k + window]))
+            try:
+                chunk = ray.get(refs[k])
+            except ray.exceptions.RayTaskError:
+                raise
+            except ray.exceptions.RayError as err:
+                raise ConversionError(f"items {s}..{e - 1} were lost after {MAX_RETRIES} retries: "
+                                      f"{type(err).__name__}: {err}") from None
+            refs[k] = None
+            if not asm.add(chunk):
+                break
+        return asm.finish()
+    except BaseException:
+        asm.abort()
+        for r in refs:
+            if r is not None:
+                ray.cancel(r, force=True)
+        raise
 
 
 class RayEngine:
@@ -127,6 +165,8 @@ class RayEngine:
         in_flight = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         remote = ray.remote(_task).options(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
         job_ref = ray.put(job)
+        # fewer units than CPUs: let each unit's task fan its items out to sub-tasks
+        fan_out = len(units) < 2 * in_flight
         todo = list(units)
         todo.reverse()
         pending: dict[Any, WorkUnit] = {}
@@ -134,7 +174,7 @@ class RayEngine:
             while todo or pending:
                 while todo and len(pending) < in_flight:
                     u = todo.pop()
-                    pending[remote.remote(job_ref, u)] = u
+                    pending[remote.remote([job_ref], u, fan_out)] = u
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 u = pending.pop(ready[0])
                 try:
