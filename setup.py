@@ -12,7 +12,7 @@ from setuptools.command.build_ext import build_ext
 
 NO_EXTENSION = """
 fastload: the optional C extension fastload.ops._jpegcrop was NOT built ({error}).
-fastload works without it, decoding whole JPEGs (about 40% slower on random-resized-crop pipelines).
+fastload works without it: it then decodes whole JPEGs, at about twice the CPU time per random-resized crop.
 To build it, install libjpeg-turbo's headers and reinstall fastload:
     Debian/Ubuntu: apt-get install libjpeg62-turbo-dev   (or libjpeg-turbo8-dev)
     Fedora/RHEL:   dnf install libjpeg-turbo-devel

@@ -196,7 +196,7 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
                                    "every record's crc32. Prints one line per problem, naming the file, the "
                                    "record in it and its global index; exit status 1 if there is any.")
     p.add_argument("dst", metavar="DST", help="dataset directory (the folder holding manifest.json)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output on stderr")
     p.set_defaults(func=cmd_verify)
 
 
@@ -221,12 +221,14 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "--dir", dest="out", default=None, metavar="DIR",
                    help="where to write the photos and the shards, about 80 MB for 1,000 images (default: a new "
                         "temporary directory, removed at the end); a DIR you name is kept and reused next time")
-    p.add_argument("--images", type=_positive, default=1000, help="number of JPEGs (default 1000)")
-    p.add_argument("--workers", type=_positive, default=None,
+    p.add_argument("--images", type=_positive, default=1000, metavar="N",
+                   help="number of JPEGs, rounded down to a multiple of 10 (default 1000)")
+    p.add_argument("--workers", type=_positive, default=None, metavar="N",
                    help="loader and converter worker processes (default: all cores, at most 8)")
     p.add_argument("--batch-size", type=_positive, default=64, metavar="N",
                    help="images per batch; must not exceed --images (default 64)")
-    p.add_argument("--epochs", type=_positive, default=3, help="timed epochs after a warm-up (default 3)")
+    p.add_argument("--epochs", type=_positive, default=3, metavar="N",
+                   help="timed epochs after a warm-up (default 3)")
     p.set_defaults(func=cmd_demo)
 
 
