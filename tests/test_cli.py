@@ -166,6 +166,30 @@ def test_progress_to_a_log_is_lines_not_a_bar(photo_folder, tmp_path):
     assert "convert -> ds: 40/40 rec (100%)" in text and "wrote " in r.stdout, text
 
 
+def test_progress_on_a_terminal_is_a_live_bar(photo_folder, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # a new pty is 0 wide
+    try:
+        r = _fastload("convert", str(photo_folder), str(tmp_path / "ds"), "--workers", "0", stderr=follower,
+                      stdout=subprocess.PIPE)
+        assert r.returncode == 0
+        os.set_blocking(leader, False)
+        text = b""
+        try:
+            while chunk := os.read(leader, 65536):
+                text += chunk
+        except (BlockingIOError, OSError):
+            pass
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert b"\r" in text and b"40/40" in text, text[-500:]
+
+
 def test_inspect_says_how_images_were_stored(photo_folder, converted, tmp_path):
     r = _fastload("inspect", str(converted))
     image_line = next(line for line in r.stdout.splitlines() if line.strip().startswith("image "))
