@@ -130,10 +130,10 @@ def _image_encoding(options: dict, quality: int, from_files: bool) -> str:
     return f"encoded files stored as found; pixel arrays encoded as JPEG, quality={quality}"
 
 
-def _field_line(f: dict, encoding: str | None) -> str:
+def _field_line(f: dict) -> str:
     if f["type"] != "image":
         return ", ".join(f"{k}={v}" for k, v in f.items() if k not in ("name", "type"))
-    parts = [encoding] if encoding else []
+    parts = [f["stored"]] if f.get("stored") else []
     if "min_size" in f:
         (w0, h0), (w1, h1), (mw, mh) = f["min_size"], f["max_size"], f["median_size"]
         parts.append(f"by area smallest {w0}x{h0}, largest {w1}x{h1}; median {mw:g}x{mh:g}")
@@ -163,6 +163,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "shards": [{"file": s.file, "records": s.num_records, "bytes": s.num_bytes} for s in m.shards],
         "info": m.info,
     }
+    options = m.info.get("options") if isinstance(m.info.get("options"), dict) else {}
+    source = str(m.info.get("source", ""))
+    from_files = source.startswith("ImageFolder ") or Path(source).is_dir()
+    for f in info["fields"]:
+        if f["type"] == "image":
+            f["stored"] = _image_encoding(options, f.get("quality", 90), from_files)
     if len(r):
         i = args.record
         info["sample"] = {"index": i, **{n: _describe(r, i, n) for n in r.schema}}
@@ -176,12 +182,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
           f"({per / 1e3:,.1f} KB per record)")
     print(f"skipped   {len(m.skipped)}" + (f" (first: {m.skipped[0]['source']})" if m.skipped else ""))
     print("fields")
-    options = m.info.get("options") if isinstance(m.info.get("options"), dict) else {}
-    source = str(m.info.get("source", ""))
-    from_files = source.startswith("ImageFolder ") or Path(source).is_dir()
     for f in info["fields"]:
-        encoding = _image_encoding(options, f.get("quality", 90), from_files) if f["type"] == "image" else None
-        print(f"  {f['name']:<12} {f['type']:<8} {_field_line(f, encoding)}")
+        print(f"  {f['name']:<12} {f['type']:<8} {_field_line(f)}")
     if "sample" in info:
         print(f"record {info['sample']['index']}")
         for n in r.schema:

@@ -198,6 +198,8 @@ def test_inspect_says_how_images_were_stored(photo_folder, converted, tmp_path):
     assert _fastload("convert", str(photo_folder), str(tmp_path / "q"), "--quality", "75", "-q").returncode == 0
     r = _fastload("inspect", str(tmp_path / "q"))
     assert "re-encoded as JPEG, quality=75" in r.stdout, r.stdout
+    r = _fastload("inspect", str(converted), "--json")
+    assert json.loads(r.stdout)["fields"][0]["stored"] == "stored as found (byte for byte)"
 
 
 def test_errors_point_to_what_to_do(photo_folder, converted):
