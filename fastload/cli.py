@@ -224,7 +224,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
                    help="where to write the photos and the shards, about 80 MB for 1,000 images (default: a new "
                         "temporary directory, removed at the end); a DIR you name is kept and reused next time")
     p.add_argument("--images", type=_positive, default=1000, metavar="N",
-                   help="number of JPEGs, rounded down to a multiple of 10 (default 1000)")
+                   help="number of JPEGs, rounded down to a multiple of 10, at least 10 (default 1000)")
     p.add_argument("--workers", type=_positive, default=None, metavar="N",
                    help="loader and converter worker processes (default: all cores, at most 8)")
     p.add_argument("--batch-size", type=_positive, default=64, metavar="N",

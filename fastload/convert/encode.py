@@ -72,7 +72,8 @@ def encode_image(value: Any, quality: int = 90, max_side: int | None = None, ree
         try:
             im = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:   # PIL's message is the repr of our BytesIO: name the bytes instead
-            raise ValueError(f"not a known image format ({len(data)} bytes starting {data[:8]!r})") from None
+            raise UnidentifiedImageError(f"not a known image format ({len(data)} bytes starting {data[:8]!r})") \
+                from None
         if reencode or _fit(im.size, max_side) is not None:
             return _to_jpeg(im, quality, max_side)
         if validate:
