@@ -275,3 +275,25 @@ def test_demo_out_is_kept_and_reused(tmp_path):
     assert len(list((out / "photos").rglob("*.jpg"))) == 20
     r = _fastload("demo", "--images", "20", "--batch-size", "64")
     assert r.returncode == 1 and "--batch-size 64 is more than the 20 images" in r.stderr
+
+
+def test_log_progress_prints_a_line_per_interval_and_one_at_the_end():
+    import io
+    from fastload.progress import LogProgress, progress_bar
+    out = io.StringIO()
+    assert isinstance(progress_bar(10, "x", file=out), LogProgress)     # a StringIO is no terminal
+    bar = LogProgress(3_000_000, "verify", unit="B", unit_scale=True, file=out, interval=0)
+    bar.update(1_000_000)
+    bar.set_postfix_str("1 skipped")
+    bar.update(2_000_000)
+    bar.close()
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and "\r" not in out.getvalue()
+    assert lines[0].startswith("verify: 1.0 MB of 3.0 MB (33%), ")
+    assert lines[-1].startswith("verify: 3.0 MB of 3.0 MB (100%), ") and lines[-1].endswith(", 1 skipped")
+    quiet = LogProgress(10, "convert", unit="rec", file=out, interval=3600)
+    quiet.update(5)
+    quiet.close()
+    assert out.getvalue().splitlines()[3:] == [out.getvalue().splitlines()[-1]]
+    assert out.getvalue().splitlines()[-1].startswith("convert: 5/10 rec (50%)")
