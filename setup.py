@@ -10,26 +10,27 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-NO_EXTENSION = """
-fastload: the optional C extension fastload.ops._jpegcrop was NOT built ({error}).
-fastload works without it: it then decodes whole JPEGs, at about twice the CPU time per random-resized crop.
+# What each optional extension's absence means, and how to get it; printed when it cannot be built.
+WITHOUT = {
+    "fastload.ops._jpegcrop": """fastload works without it: it then decodes whole JPEGs, at about twice the CPU time per random-resized crop.
 To build it, install libjpeg-turbo's headers and reinstall fastload:
     Debian/Ubuntu: apt-get install libjpeg62-turbo-dev   (or libjpeg-turbo8-dev)
     Fedora/RHEL:   dnf install libjpeg-turbo-devel
     macOS:         brew install jpeg-turbo   (then CFLAGS=-I$(brew --prefix)/include LDFLAGS=-L$(brew --prefix)/lib)
-`fastload profile` reports whether the native path is in use.
-"""
+`fastload profile` reports whether the native path is in use.""",
+}
 
 
 class OptionalBuildExt(build_ext):
-    """Build the extension if the compiler and libjpeg are there; otherwise explain and carry on."""
+    """Build each extension if the compiler and its libraries are there; otherwise explain and carry on."""
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as e:  # CompileError, LinkError, a missing compiler: all mean "no extension"
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(NO_EXTENSION.format(error=first), file=sys.stderr)
+            print(f"\nfastload: the optional C extension {ext.name} was NOT built ({first}).\n"
+                  f"{WITHOUT.get(ext.name, 'fastload works without it.')}\n", file=sys.stderr)
 
 
 setup(ext_modules=[Extension("fastload.ops._jpegcrop", ["fastload/ops/_jpegcrop.c", "fastload/ops/_aaresize.c"],
