@@ -230,9 +230,9 @@ def convert(source: Any, dst: str | os.PathLike, fields: Schema | Mapping[str, F
         try:
             results = staging.finished(plan.units) if backend == "shards" else {}
             if progress:
-                from tqdm import tqdm
-                bar = tqdm(total=n, unit="rec", desc=f"convert -> {Path(dst).name}", file=sys.stderr,
-                           smoothing=0.1, initial=sum(len(plan.units[k]) for k in results))
+                from fastload.progress import progress_bar
+                bar = progress_bar(n, f"convert -> {Path(dst).name}", unit="rec", file=sys.stderr, smoothing=0.1)
+                bar.update(sum(len(plan.units[k]) for k in results))     # reused units
             eng.start()
             if backend == "lmdb":
                 sink = _LMDBSink(staging, schema)

@@ -71,10 +71,9 @@ def encode_image(value: Any, quality: int = 90, max_side: int | None = None, ree
         data = bytes(value)
         try:
             im = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            # PIL's message names an in-memory object address: say it without one (stable, readable)
-            raise OSError(f"not an image file PIL can identify ({len(data)} bytes, starts with "
-                             f"{data[:8]!r})") from None
+        except UnidentifiedImageError:   # PIL's message is the repr of our BytesIO: name the bytes instead
+            raise UnidentifiedImageError(f"not a known image format ({len(data)} bytes starting {data[:8]!r})") \
+                from None
         if reencode or _fit(im.size, max_side) is not None:
             return _to_jpeg(im, quality, max_side)
         if validate:
