@@ -2,18 +2,20 @@
 
 Workers prepare chunks of a unit's items (load, validate, pack: the expensive part) so that every core
 works even when there are fewer units than cores; this process streams the chunks, in order, into each
-unit's shard.  The shard bytes are the same as when a Ray task writes the whole unit.  Each worker says
-which chunk it starts, so a worker that dies (OOM killer, segfault) is named with its pid, signal and unit
-instead of leaving the conversion waiting forever.
+unit's shard.  The shard bytes are the same as when a Ray task writes the whole unit.  Each worker has its
+own pipe and the driver knows which chunks it handed to whom, so a worker that dies (OOM killer, segfault),
+even halfway through sending a result, is named with its pid, signal and unit instead of leaving the
+conversion waiting forever.
 """
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection as mp_connection
 import os
-import queue
 import signal
 import sys
 import traceback
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -28,12 +30,6 @@ class Chunk:
     unit: WorkUnit
     start: int
     stop: int
-
-
-@dataclass(frozen=True)
-class Started:
-    pid: int
-    chunk: int
 
 
 @dataclass(frozen=True)
@@ -57,19 +53,22 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _worker(job: UnitJob, tasks, results) -> None:
+def _worker(job: UnitJob, conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the driver handles Ctrl-C and stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     pid = os.getpid()
     while True:
-        c = tasks.get()
+        try:
+            c = conn.recv()
+        except EOFError:
+            return
         if c is None:
             return
-        results.put(Started(pid, c.number))
         try:
-            results.put(Finished(pid, c.number, prepare_range(job, c.start, c.stop)))
+            msg = Finished(pid, c.number, prepare_range(job, c.start, c.stop))
         except Exception as e:
-            results.put(Raised(pid, c.number, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+            msg = Raised(pid, c.number, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        conn.send(msg)
 
 
 def describe_unit(job: UnitJob, unit: WorkUnit) -> str:
@@ -118,26 +117,32 @@ class LocalEngine:
         chunks = [Chunk(0, u, s, min(s + step, u.stop)) for u in units for s in range(u.start, u.stop, step)]
         chunks = [Chunk(k, c.unit, c.start, c.stop) for k, c in enumerate(chunks)]
         ctx = _context()
-        tasks, results = ctx.Queue(), ctx.Queue()
         n = min(self.workers, len(chunks))
         window = 4 * n                           # chunks handed out ahead of the one being written
-        procs = [ctx.Process(target=_worker, args=(job, tasks, results), daemon=True) for _ in range(n)]
-        for p in procs:
+        conns, procs = [], []
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(job, child), daemon=True)
             p.start()
-        running: dict[int, int] = {}            # pid -> chunk number
+            child.close()
+            conns.append(parent)
+            procs.append(p)
+        assigned: list[deque[int]] = [deque() for _ in range(n)]    # chunk numbers each worker holds
         done: dict[int, tuple[int, ChunkResult]] = {}
         sent = 0
         asm = None
         try:
             for k, c in enumerate(chunks):
-                while sent < len(chunks) and sent < k + window:
-                    tasks.put(chunks[sent])
-                    sent += 1
-                    if sent == len(chunks):
-                        for _ in range(n):
-                            tasks.put(None)
                 while k not in done:
-                    self._receive(job, chunks, procs, results, running, done)
+                    for w in range(n):              # keep every worker busy, at most 2 chunks each
+                        while len(assigned[w]) < 2 and sent < len(chunks) and sent < k + window:
+                            try:
+                                conns[w].send(chunks[sent])
+                            except OSError:
+                                break           # a dead worker: _receive names it
+                            assigned[w].append(sent)
+                            sent += 1
+                    self._receive(job, chunks, procs, conns, assigned, done)
                 pid, part = done.pop(k)
                 if asm is None:
                     asm = UnitAssembler(job, c.unit, f"local workers (pid {os.getpid()})")
@@ -153,36 +158,39 @@ class LocalEngine:
         finally:
             if asm is not None:
                 asm.abort()
+            for conn in conns:
+                try:
+                    conn.send(None)
+                except OSError:
+                    pass
             for p in procs:
+                p.join(1)
                 if p.is_alive():
                     p.terminate()
-            for p in procs:
-                p.join(5)
+                    p.join(5)
                 if p.is_alive():
                     p.kill()
                     p.join()
-            tasks.cancel_join_thread()
-            results.cancel_join_thread()
-            tasks.close()
-            results.close()
+            for conn in conns:
+                conn.close()
 
     @staticmethod
-    def _receive(job, chunks, procs, results, running, done) -> None:
-        try:
-            msg = results.get(timeout=0.5)
-        except queue.Empty:
-            for p in procs:
-                if p.exitcode is not None and p.exitcode != 0:
-                    c = running.get(p.pid)
-                    where = describe_unit(job, chunks[c].unit) if c is not None else "no unit"
-                    raise ConversionError(f"conversion worker pid {p.pid} {_signal_name(p.exitcode)} "
-                                          f"while converting {where}") from None
-            return
-        if isinstance(msg, Started):
-            running[msg.pid] = msg.chunk
-        elif isinstance(msg, Raised):
-            raise ConversionError(f"worker pid {msg.pid} failed on "
-                                  f"{describe_unit(job, chunks[msg.chunk].unit)}: {msg.error}")
-        else:
-            running.pop(msg.pid, None)
-            done[msg.chunk] = (msg.pid, msg.result)
+    def _receive(job, chunks, procs, conns, assigned, done) -> None:
+        ready = mp_connection.wait([*conns, *(p.sentinel for p in procs)], timeout=5.0)
+        for r in ready:
+            w = conns.index(r) if r in conns else None
+            if w is not None:
+                try:
+                    msg = r.recv()
+                except (EOFError, OSError):
+                    continue                    # the worker died: its sentinel says how
+                if isinstance(msg, Raised):
+                    raise ConversionError(f"worker pid {msg.pid} failed on "
+                                          f"{describe_unit(job, chunks[msg.chunk].unit)}: {msg.error}")
+                assigned[w].remove(msg.chunk)
+                done[msg.chunk] = (msg.pid, msg.result)
+        for w, p in enumerate(procs):
+            if p.exitcode is not None and (assigned[w] or p.exitcode != 0):
+                where = describe_unit(job, chunks[assigned[w][0]].unit) if assigned[w] else "no unit"
+                raise ConversionError(f"conversion worker pid {p.pid} {_signal_name(p.exitcode)} "
+                                      f"while converting {where}")
