@@ -19,9 +19,10 @@ import numpy as np
 from fastload.errors import CorruptRecordError, FormatError
 from fastload.formats.dataset_writer import TEMP_RE
 from fastload.formats.lmdbstore import LMDBReader
-from fastload.formats.manifest import MANIFEST, Manifest, read_manifest
+from fastload.formats.manifest import MANIFEST, Manifest, ShardEntry, read_manifest
+from fastload.formats.regular_file import FileIdentity
 from fastload.formats.schema import ImageField, Schema
-from fastload.formats.shard import ShardReader
+from fastload.formats.shard import ShardReader, shard_record_count
 
 Store = ShardReader | LMDBReader
 
@@ -45,20 +46,31 @@ class DatasetReader:
         self.options = {"readahead": bool(readahead), "verify_reads": bool(verify_reads)}
         self._open()
 
-    def _open(self) -> None:
+    def _open(self, expected: tuple | None = None) -> None:
+        """Read and check the manifest against the files; ``expected`` (the identities recorded when this
+        reader was first opened, in another process or before a fork) must match: a dataset replaced
+        under a running loader is refused, never mixed with the one it opened."""
         if TEMP_RE.search(self.path.name):
             raise FormatError("this is the temporary directory of an unfinished or replaced conversion, "
                               "not a dataset; run the conversion again", str(self.path))
         m = read_manifest(self.path)
+        identities = []
         for s in m.shards:
             p = self.path / s.file
-            try:
-                size = p.stat().st_size
-            except OSError:
-                raise FormatError("data file listed in the manifest is missing", str(p)) from None
-            if size != s.num_bytes:
-                raise FormatError(f"file is {size} bytes, the manifest says {s.num_bytes}: truncated or "
+            if m.backend == "lmdb":
+                identity = self._check_lmdb(p, s)
+            else:
+                count, identity = shard_record_count(p, self.path)
+                if count != s.num_records:
+                    raise FormatError(f"shard holds {count:,} records, the manifest says {s.num_records:,}", str(p))
+            if identity.size != s.num_bytes:
+                raise FormatError(f"file is {identity.size} bytes, the manifest says {s.num_bytes}: truncated or "
                                   "replaced", str(p))
+            identities.append(identity)
+        self._identities = tuple(identities)
+        if expected is not None and tuple(expected) != self._identities:
+            raise FormatError("the dataset changed after this reader opened it (re-converted with --overwrite, "
+                              "or files replaced): refusing to mix two datasets; restart the job", str(self.path))
         self._manifest = m
         self._counts = [s.num_records for s in m.shards]
         self._ends = list(accumulate(self._counts))
@@ -70,20 +82,34 @@ class DatasetReader:
         self._verify_reads = self.options["verify_reads"]
         self._pid = os.getpid()
 
+    def _check_lmdb(self, p: Path, entry: ShardEntry) -> FileIdentity:
+        """Open the environment now (its meta pages and header are checked) and compare its record count."""
+        reader = LMDBReader(p, readahead=self.options["readahead"], root=self.path)
+        try:
+            if len(reader) != entry.num_records:
+                raise FormatError(f"environment holds {len(reader):,} records, the manifest says "
+                                  f"{entry.num_records:,}", str(p))
+            return reader.identity
+        finally:
+            reader.close()
+
     # -- per-process state -------------------------------------------------------------------------
     def __getstate__(self) -> dict:
-        return {"path": str(self.path), "options": dict(self.options)}
+        # the identities travel: a worker reopening a dataset replaced since then refuses it
+        return {"path": str(self.path), "options": dict(self.options),
+                "identities": [tuple(i) for i in self._identities]}
 
     def __setstate__(self, state: dict) -> None:
         self.path = Path(state["path"])
         self.options = dict(state["options"])
+        self._identities = tuple(FileIdentity(*i) for i in state.get("identities") or ())
         self._pid = None          # reopen lazily in the process that uses it
 
     def _ensure_open(self) -> None:
         if self._pid != os.getpid():
             # After fork the parent's stores must not be touched (LMDB); just forget them.
             self.__dict__.pop("_parts", None)
-            self._open()
+            self._open(expected=self._identities)
 
     def _part(self, k: int) -> Store:
         part = self._parts[k]
@@ -91,9 +117,13 @@ class DatasetReader:
             entry = self._manifest.shards[k]
             p = self.path / entry.file
             if self._manifest.backend == "lmdb":
-                part = LMDBReader(p, readahead=self.options["readahead"])
+                part = LMDBReader(p, readahead=self.options["readahead"], root=self.path)
             else:
-                part = ShardReader(p, readahead=self.options["readahead"])
+                part = ShardReader(p, readahead=self.options["readahead"], root=self.path)
+            if part.identity != self._identities[k]:
+                part.close()
+                raise FormatError("file was replaced or rewritten after the dataset was opened (re-converted "
+                                  "with --overwrite?): refusing to mix two datasets; restart the job", str(p))
             if len(part) != entry.num_records or part.schema != self._manifest.schema:
                 part.close()
                 raise FormatError("shard does not match the manifest (record count or schema)", str(p))
