@@ -12,7 +12,7 @@ from typing import Any
 from fastload.ops.array import CenterCrop, RandomCrop
 from fastload.ops.crop import CropBox
 from fastload.ops.image import Decode, DecodeCenterCrop, DecodeRandomResizedCrop, RandomHorizontalFlip
-from fastload.ops.jpeg import DecodeStats, image_size
+from fastload.ops.jpeg import DecodeStats, image_size, set_max_image_pixels
 from fastload.ops.op import ArrayOp, ImageDecodeOp, InplaceOp, Op
 from fastload.ops.pipeline import FieldPipeline, compile_pipeline
 
@@ -20,7 +20,7 @@ _GPU_OPS = ("Normalize", "ToDtype", "ChannelsLast", "Contiguous")
 
 __all__ = ["ArrayOp", "CenterCrop", "CropBox", "Decode", "DecodeCenterCrop", "DecodeRandomResizedCrop",
            "DecodeStats", "FieldPipeline", "ImageDecodeOp", "InplaceOp", "Op", "RandomCrop",
-           "RandomHorizontalFlip", "compile_pipeline", "image_size", *_GPU_OPS]
+           "RandomHorizontalFlip", "compile_pipeline", "image_size", "set_max_image_pixels", *_GPU_OPS]
 
 
 def __getattr__(name: str) -> Any:
