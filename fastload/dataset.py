@@ -96,7 +96,9 @@ class ShardDataset(torch.utils.data.Dataset):
         try:
             out = pipe.run(value, size, rng)
         except Exception as e:
+            self.reader.check_reads()     # a shard cut under the reader: that, not a decode error
             raise self._corrupt(index, field, e) from e
+        self.reader.check_reads()         # the bytes just decoded were really the file's (one C call)
         if self.kinds[field] == "image" and pipe.output_shape is not None and self.transforms.get(field):
             return torch.from_numpy(out).permute(2, 0, 1)
         return out
@@ -138,4 +140,6 @@ class ShardDataset(torch.utils.data.Dataset):
             try:
                 pipe.run_into(value, size, out, rng)
             except Exception as e:
+                self.reader.check_reads()
                 raise self._corrupt(index, f, e) from e
+            self.reader.check_reads()

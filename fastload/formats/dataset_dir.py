@@ -19,12 +19,14 @@ import numpy as np
 from fastload.errors import CorruptRecordError, FormatError
 from fastload.formats.dataset_writer import TEMP_RE
 from fastload.formats.lmdbstore import LMDBReader
+from fastload.formats.mapping_guard import TRUNCATED, faults
 from fastload.formats.manifest import MANIFEST, Manifest, ShardEntry, read_manifest
 from fastload.formats.regular_file import FileIdentity
 from fastload.formats.schema import ImageField, Schema
 from fastload.formats.shard import ShardReader, shard_record_count
 
 Store = ShardReader | LMDBReader
+_faults = faults
 
 
 def open_dataset(path: str | os.PathLike, readahead: bool = False, verify_reads: bool = False) -> "DatasetReader":
@@ -80,6 +82,7 @@ class DatasetReader:
         self._columns: dict[str, np.ndarray] = {}
         self._views: dict[str, list] = {}
         self._verify_reads = self.options["verify_reads"]
+        self._faults_seen = _faults()
         self._pid = os.getpid()
 
     def _check_lmdb(self, p: Path, entry: ShardEntry) -> FileIdentity:
@@ -140,6 +143,8 @@ class DatasetReader:
             raise IndexError(f"index {index} out of range for {self.path} ({self._len} records)")
         k = bisect_right(self._ends, i)
         part = self._parts[k] or self._part(k)
+        if _faults() != self._faults_seen:
+            self.check_reads()
         return part, i - self._starts[k], i
 
     # -- the reading API (docs/ARCHITECTURE.md) -----------------------------------------------------
@@ -178,14 +183,30 @@ class DatasetReader:
         part = self._parts[k] or self._part(k)
         if self._verify_reads:
             part.check(i - self._starts[k], i)
-        return part.get(i - self._starts[k], field, i)
+        value = part.get(i - self._starts[k], field, i)
+        if _faults() != self._faults_seen:
+            self.check_reads()
+        return value
+
+    def check_reads(self) -> None:
+        """FormatError naming the file if a mapped read of this reader hit a file cut while it was mapped
+        (SIGBUS, absorbed by the guard: see mapping_guard). Called by ``get`` and, after decoding, by
+        ShardDataset, so data read from a vanished page is never passed on."""
+        if _faults() == self._faults_seen:
+            return
+        for k, part in enumerate(self.__dict__.get("_parts") or []):
+            if part is not None and part.guard.faulted:
+                raise FormatError(TRUNCATED, str(self.path / self._manifest.shards[k].file))
+        self._faults_seen = _faults()       # another reader's file: not ours to report
 
     def record(self, index: int) -> dict[str, Any]:
         """Every field of record ``index``."""
         part, local, i = self._locate(index)
         if self._verify_reads:
             part.check(local, i)
-        return {name: part.get(local, name, i) for name in self._manifest.schema}
+        rec = {name: part.get(local, name, i) for name in self._manifest.schema}
+        self.check_reads()
+        return rec
 
     def image_size(self, index: int, field: str) -> tuple[int, int]:
         """(width, height) of an image field, from the index (no decode)."""
@@ -229,12 +250,13 @@ class DatasetReader:
             raise IndexError(f"indices out of range for {self.path} ({self._len} records)")
         if len(views) == 1:
             np.take(views[0], idx, axis=0, out=out)
-            return True
-        shard = np.searchsorted(np.asarray(self._ends), idx, side="right")
-        starts = np.asarray(self._starts)
-        for k in np.unique(shard):
-            sel = np.nonzero(shard == k)[0]
-            out[sel] = views[k][idx[sel] - starts[k]]
+        else:
+            shard = np.searchsorted(np.asarray(self._ends), idx, side="right")
+            starts = np.asarray(self._starts)
+            for k in np.unique(shard):
+                sel = np.nonzero(shard == k)[0]
+                out[sel] = views[k][idx[sel] - starts[k]]
+        self.check_reads()
         return True
 
     def locate(self, index: int) -> tuple[Path, int]:

@@ -21,6 +21,7 @@ import numpy as np
 
 from fastload.errors import CorruptRecordError, FormatError
 from fastload.formats.indexed import IndexedRecords
+from fastload.formats.mapping_guard import TRUNCATED, MappingGuard, buffer_address
 from fastload.formats.records import (IndexBuilder, PackedRecord, check_align, index_row, pack_record,
                                       validate_index)
 from fastload.formats.regular_file import FileIdentity, open_regular
@@ -57,7 +58,10 @@ class _OpenEnv:
         except BaseException:
             self.env.close()
             raise
-        self.map_start = _map_address(path)
+        start, end = _map_range(path)
+        self.guard = MappingGuard(start or 0, (end or 0) - (start or 0))
+        # where the file's bytes are in the map (unknown: every address passes)
+        self.file_start, self.file_end = (start, start + size) if start is not None else (0, 1 << 64)
 
     def renew(self) -> None:
         """Replace a transaction a failed read left broken (views from it stay valid: nothing writes)."""
@@ -68,14 +72,12 @@ class _OpenEnv:
 
     def in_file(self, value: memoryview) -> bool:
         """Whether ``value`` lies inside the file (a hostile page may point past its end: SIGBUS)."""
-        if self.map_start is None:
-            return True
-        addr = np.frombuffer(value, np.uint8).ctypes.data if len(value) else self.map_start
-        return self.map_start <= addr and addr + len(value) <= self.map_start + self.size
+        addr = buffer_address(value)
+        return self.file_start <= addr and addr + len(value) <= self.file_end
 
 
-def _map_address(path: str) -> int | None:
-    """Start address of this process's mapping of ``path`` (Linux /proc/self/maps), else None."""
+def _map_range(path: str) -> tuple[int | None, int | None]:
+    """Start and end address of this process's mapping of ``path`` (Linux /proc/self/maps), else None."""
     try:
         st = os.stat(path)
         with open("/proc/self/maps", "rb") as f:
@@ -84,10 +86,11 @@ def _map_address(path: str) -> int | None:
                 if len(parts) >= 5 and int(parts[4]) == st.st_ino and int(parts[2], 16) == 0:
                     dev = parts[3].split(b":")
                     if os.makedev(int(dev[0], 16), int(dev[1], 16)) == st.st_dev:
-                        return int(parts[0].split(b"-")[0], 16)
+                        lo, hi = parts[0].split(b"-")
+                        return int(lo, 16), int(hi, 16)
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    return None, None
 
 
 # LMDB's meta pages (liblmdb 0.9, 64-bit): page header 16 bytes, then MDB_meta; the page size is the
@@ -332,6 +335,10 @@ class LMDBReader(IndexedRecords):
     def __len__(self) -> int:
         return self.num_records
 
+    @property
+    def guard(self) -> MappingGuard:
+        return self._shared.guard
+
     def __repr__(self) -> str:
         return f"LMDBReader({str(self.path)!r}, records={self.num_records})"
 
@@ -343,14 +350,18 @@ class LMDBReader(IndexedRecords):
             raw = shared.txn.get(_KEY.pack(i))
         except lmdb.Error as e:
             shared.renew()
+            if shared.guard.faulted:
+                raise FormatError(TRUNCATED, str(self.path)) from None
             raise CorruptRecordError(f"LMDB cannot read this record ({type(e).__name__}: {e}): damaged page",
                                      str(self.path), i, index) from None
         if raw is None:
             raise CorruptRecordError("record is missing from the environment", str(self.path), i, index)
-        if len(raw) != self._lengths.item(i):
-            raise CorruptRecordError(f"record is {len(raw)} bytes, index says {self._lengths.item(i)}",
+        n = len(raw)
+        if n != self._lengths.item(i):
+            raise CorruptRecordError(f"record is {n} bytes, index says {self._lengths.item(i)}",
                                      str(self.path), i, index)
-        if not shared.in_file(raw):
+        addr = buffer_address(raw)          # inlined in_file(): this is the hot path
+        if not (shared.file_start <= addr and addr + n <= shared.file_end):
             raise CorruptRecordError("record points past the end of the file: damaged page", str(self.path), i,
                                      index)
         return raw

@@ -20,6 +20,7 @@ import numpy as np
 
 from fastload.errors import CorruptRecordError, FormatError
 from fastload.formats.indexed import IndexedRecords
+from fastload.formats.mapping_guard import MappingGuard, buffer_address
 from fastload.formats.records import (IndexBuilder, PackedRecord, align_up, check_align, index_row,
                                       pack_record, validate_index)
 from fastload.formats.regular_file import FileIdentity, open_regular, pread_exact
@@ -202,6 +203,7 @@ class ShardReader(IndexedRecords):
         self.identity = FileIdentity.of(st)
         self._mm = mm
         size = len(mm)      # what is mapped (the file may have changed since fstat)
+        self.guard = MappingGuard(buffer_address(mm), size)
         try:
             self._open(mm, size, readahead)
         except BaseException:
@@ -325,7 +327,9 @@ class ShardReader(IndexedRecords):
             try:
                 mm.close()
             except BufferError:
-                pass
+                pass          # views handed out keep the mapping (and its guard) alive
+            else:
+                self.guard.release()
 
     def __enter__(self) -> "ShardReader":
         return self
