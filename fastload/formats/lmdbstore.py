@@ -153,14 +153,21 @@ def _acquire_env(path: str, readahead: bool, st: os.stat_result) -> _OpenEnv:
         return e
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
-    """sha256 of a file, read in chunks (never the whole file in memory)."""
+def file_sha256(path: str | os.PathLike, chunk: int = 8 << 20, root: str | os.PathLike | None = None,
+                progress=None) -> str:
+    """sha256 of a regular file (see ``open_regular``), read in chunks (never the whole file in memory);
+    ``progress(nbytes)`` is called after each chunk."""
     h = hashlib.sha256()
     buf = bytearray(chunk)
     mv = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
+    fd = open_regular(path, root)
+    try:
+        while n := os.readv(fd, [buf]):
             h.update(mv[:n])
+            if progress is not None:
+                progress(n)
+    finally:
+        os.close(fd)
     return h.hexdigest()
 
 
