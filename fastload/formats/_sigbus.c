@@ -33,16 +33,19 @@ static uintptr_t page_size = 4096;
 
 static void on_sigbus(int sig, siginfo_t *info, void *context) {
     uintptr_t addr = (uintptr_t)info->si_addr;
+    int hit = 0;
     for (int k = 0; k < MAX_RANGES; k++) {
         uintptr_t end = ranges[k].end;
         if (end && ranges[k].start <= addr && addr < end) {
-            void *page = (void *)(addr & ~(page_size - 1));
-            if (mmap(page, page_size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
-                ranges[k].faulted = 1;
-                __atomic_add_fetch(&fault_count, 1, __ATOMIC_SEQ_CST);
-                return;
-            }
-            break;
+            ranges[k].faulted = 1;     /* every range that covers it (a stale one may overlap a new one) */
+            hit = 1;
+        }
+    }
+    if (hit) {
+        void *page = (void *)(addr & ~(page_size - 1));
+        if (mmap(page, page_size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
+            __atomic_add_fetch(&fault_count, 1, __ATOMIC_SEQ_CST);
+            return;
         }
     }
     (void)sig; (void)context;

@@ -149,6 +149,7 @@ def _acquire_env(path: str, readahead: bool, st: os.stat_result) -> _OpenEnv:
             old = _INHERITED.pop(key, None)
             if old is not None:
                 old.env.close()
+                old.guard.release()
             e = _ENVS[key] = _OpenEnv(path, readahead, st.st_size)
         return e
 

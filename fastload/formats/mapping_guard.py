@@ -8,6 +8,8 @@ Without the extension (not compiled) nothing changes: such a read kills the proc
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 try:
@@ -38,12 +40,16 @@ buffer_address = _sigbus.address if _sigbus is not None else _numpy_address
 
 
 class MappingGuard:
-    """Watches one address range (a file mapping) for SIGBUS faults."""
+    """Watches one address range (a file mapping) for SIGBUS faults. With ``owner`` (the mmap object), the
+    range is released when the owner is freed too, so that a later mapping at the same address is not
+    confused with this one."""
 
-    __slots__ = ("slot",)
+    __slots__ = ("slot", "__weakref__")
 
-    def __init__(self, start: int, length: int):
+    def __init__(self, start: int, length: int, owner: object | None = None):
         self.slot = _sigbus.watch(start, length) if _sigbus is not None and start else None
+        if owner is not None and self.slot is not None:
+            weakref.finalize(owner, MappingGuard.release, self)
 
     @property
     def faulted(self) -> bool:

@@ -203,7 +203,7 @@ class ShardReader(IndexedRecords):
         self.identity = FileIdentity.of(st)
         self._mm = mm
         size = len(mm)      # what is mapped (the file may have changed since fstat)
-        self.guard = MappingGuard(buffer_address(mm), size)
+        self.guard = MappingGuard(buffer_address(mm), size, owner=mm)
         try:
             self._open(mm, size, readahead)
         except BaseException:
