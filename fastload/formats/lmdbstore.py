@@ -154,7 +154,7 @@ def _acquire_env(path: str, readahead: bool, st: os.stat_result) -> _OpenEnv:
         return e
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 8 << 20, root: str | os.PathLike | None = None,
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20, root: str | os.PathLike | None = None,
                 progress=None) -> str:
     """sha256 of a regular file (see ``open_regular``), read in chunks (never the whole file in memory);
     ``progress(nbytes)`` is called after each chunk."""
