@@ -137,6 +137,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     }
     if len(r):
         i = args.record
+        if not -len(r) <= i < len(r):
+            raise FastloadError(f"{r.path}: --record {i} is out of range ({len(r)} records)")
         info["sample"] = {"index": i, **{n: _describe(r, i, n) for n in r.schema}}
     if args.json:
         print(json.dumps(info, indent=1))

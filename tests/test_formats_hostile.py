@@ -281,7 +281,7 @@ def test_convert_overwrite_under_a_running_loader_is_refused_not_mixed(ds, jpegs
     loader = fastload.DataLoader(d, batch_size=8, num_workers=2, persistent_workers=False)
     first = [b[1].tolist() for b in loader]
     _replace(ds, jpegs, backend, same_size)
-    with pytest.raises(fastload.FastloadError, match="changed after this reader opened it|replaced or rewritten"):
+    with pytest.raises(fastload.FastloadError, match="changed after this reader opened it|replaced, removed or rewritten"):
         for b in loader:
             assert b[1].max() < 100, "read the new dataset's labels"
     assert first
@@ -294,7 +294,7 @@ def test_in_process_reader_keeps_the_files_it_opened_and_refuses_the_others(pris
     first = r.get(0, "label")
     _replace(ds, jpegs, "shards", same_size=True)
     assert r.get(0, "label") == first               # shard 0 was open: still the data it opened
-    with pytest.raises(FormatError, match="replaced or rewritten|missing"):
+    with pytest.raises(FormatError, match="replaced, removed or rewritten"):
         r.get(len(r) - 1, "label")                  # the last shard opens now: the new file is refused
 
 

@@ -12,8 +12,8 @@ asserts:
 * verify agrees with the loader: when verify says OK, every record loads; every record the loader refuses
   as corrupt, ``verify --decode`` lists.
 
-Many cases run in one child per backend (about a thousand in CI by default; ``FASTLOAD_FUZZ_EXAMPLES=20000``
-for a longer hunt, ``FASTLOAD_FUZZ_SEED`` to replay).
+Cases run in batches of ``BATCH`` per child (a thousand per backend in CI by default;
+``FASTLOAD_FUZZ_EXAMPLES=20000`` for a longer hunt, ``FASTLOAD_FUZZ_SEED`` to replay: batch k uses seed + k).
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from dataset_damage import photo_jpegs, vouch_for, write_dataset
 EXAMPLES = int(os.environ.get("FASTLOAD_FUZZ_EXAMPLES", "1000"))
 SEED = int(os.environ.get("FASTLOAD_FUZZ_SEED", str(random.SystemRandom().randrange(1 << 30))))
 CASE_TIMEOUT = 30.0
+BATCH = 250               # cases per child: a process keeps each LMDB environment it opened mapped
 MEMORY = 1 << 30          # address space a case may add to what the child starts with
 PAGE = 4096
 
@@ -289,6 +290,15 @@ def _last_case(progress_path: str) -> str:
 
 
 def run_fuzz(pristine: Path, backend: str, examples: int, fuzz_seed: int, tmp: Path) -> str:
+    """Run ``examples`` cases in batches of ``BATCH``, each batch in a fresh child (seeded ``fuzz_seed + k``)."""
+    done = 0
+    for k in range(0, examples, BATCH):
+        run_batch(pristine, backend, min(BATCH, examples - k), fuzz_seed + k // BATCH, tmp)
+        done += min(BATCH, examples - k)
+    return f"{done} cases in {-(-examples // BATCH)} batches"
+
+
+def run_batch(pristine: Path, backend: str, examples: int, fuzz_seed: int, tmp: Path) -> str:
     progress_path = str(tmp / f"progress-{backend}.txt")
     open(progress_path, "w").close()
     ctx = multiprocessing.get_context("fork")

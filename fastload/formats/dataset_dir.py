@@ -26,6 +26,8 @@ from fastload.formats.schema import ImageField, Schema
 from fastload.formats.shard import ShardReader, shard_record_count
 
 Store = ShardReader | LMDBReader
+CHANGED = ("file was replaced, removed or rewritten after the dataset was opened (re-converted with --overwrite?): "
+           "refusing to mix two datasets; restart the job")
 _faults = faults
 
 
@@ -119,19 +121,30 @@ class DatasetReader:
         if part is None:
             entry = self._manifest.shards[k]
             p = self.path / entry.file
-            if self._manifest.backend == "lmdb":
-                part = LMDBReader(p, readahead=self.options["readahead"], root=self.path)
-            else:
-                part = ShardReader(p, readahead=self.options["readahead"], root=self.path)
+            try:
+                if self._manifest.backend == "lmdb":
+                    part = LMDBReader(p, readahead=self.options["readahead"], root=self.path)
+                else:
+                    part = ShardReader(p, readahead=self.options["readahead"], root=self.path)
+            except FormatError:
+                if self._changed(k):
+                    raise FormatError(CHANGED, str(p)) from None
+                raise
             if part.identity != self._identities[k]:
                 part.close()
-                raise FormatError("file was replaced or rewritten after the dataset was opened (re-converted "
-                                  "with --overwrite?): refusing to mix two datasets; restart the job", str(p))
+                raise FormatError(CHANGED, str(p))
             if len(part) != entry.num_records or part.schema != self._manifest.schema:
                 part.close()
                 raise FormatError("shard does not match the manifest (record count or schema)", str(p))
             self._parts[k] = part
         return part
+
+    def _changed(self, k: int) -> bool:
+        """Whether data file ``k`` is no longer the file this reader opened (gone, replaced, rewritten)."""
+        try:
+            return FileIdentity.of(os.stat(self.path / self._manifest.shards[k].file)) != self._identities[k]
+        except OSError:
+            return True
 
     def _locate(self, index: int) -> tuple[Store, int, int]:
         if self._pid != os.getpid():

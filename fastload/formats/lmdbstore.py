@@ -51,8 +51,9 @@ class _OpenEnv:
     def __init__(self, path: str, readahead: bool, size: int):
         self.path = path
         self.size = size
+        # map_size: liblmdb maps max(map_size, the pages in use), so the map is the file, not 10 MiB more
         self.env = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=readahead,
-                             meminit=False, max_readers=1, max_dbs=0)
+                             meminit=False, max_readers=1, max_dbs=0, map_size=max(size, 1 << 12))
         try:
             self.txn = self.env.begin(buffers=True)
         except BaseException:

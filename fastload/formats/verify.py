@@ -13,7 +13,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -44,10 +43,34 @@ def _file_problems(root: str, backend: str, entry: ShardEntry, schema_json: list
         reader.close()
 
 
+def _send_file_problems(conn, *args) -> None:
+    try:
+        conn.send(("ok", _file_problems(*args)))
+    except FastloadError as e:
+        conn.send(("error", str(e)))
+    finally:
+        conn.close()
+
+
 def _file_problems_isolated(*args) -> list[str]:
+    """``_file_problems`` in a child process: liblmdb may crash on a damaged environment."""
     ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(1, mp_context=ctx) as ex:
-        return ex.submit(_file_problems, *args).result()
+    recv, send = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_send_file_problems, args=(send, *args))
+    p.start()
+    send.close()
+    try:
+        status, result = recv.recv()
+    except EOFError:        # the child died (a signal) before it could answer
+        status, result = "crashed", None
+    finally:
+        recv.close()
+        p.join()
+    if status == "crashed":
+        raise BrokenProcessPool(f"exit status {p.exitcode}")
+    if status == "error":
+        raise FormatError(result)
+    return result
 
 
 def _check_entry(root: Path, m: Manifest, entry: ShardEntry, start: int, bar) -> list[str]:
