@@ -82,6 +82,35 @@ def _read_json(p: Path):
         return None
 
 
+# damage to one record's image inside a data file, the manifest patched to vouch for it: what reaches decode
+record_damage = st.tuples(st.just("record"), st.integers(0, 5), st.integers(0, 11),
+                          st.sampled_from(["header", "cut", "flip", "size"]), st.integers(0, 1 << 16))
+cases = st.one_of(st.lists(mutation, min_size=1, max_size=3), st.lists(record_damage, min_size=1, max_size=2))
+
+
+def _damage_record(p: Path, k: int, how: str, r: int) -> None:
+    """Damage the ``k``-th JPEG (SOI ... EOI) in data file ``p`` in place."""
+    data = bytearray(p.read_bytes())
+    starts = [i for i in range(len(data) - 3) if data[i:i + 3] == b"\xff\xd8\xff"]
+    if not starts:
+        return
+    at = starts[k % len(starts)]
+    end = data.find(b"\xff\xd9", at)
+    end = len(data) if end < 0 else end
+    if how == "header":
+        data[at:at + 4] = b"\0\0\0\0"
+    elif how == "cut":          # the second half of the scan gone (zeros), EOI kept
+        mid = (at + end) // 2
+        data[mid:end] = bytes(end - mid)
+    elif how == "flip":
+        data[at + 2 + r % max(end - at - 2, 1)] ^= 0x55
+    elif how == "size":         # the frame header's height and width
+        sof = data.find(b"\xff\xc0", at, end)
+        if sof > 0:
+            data[sof + 5:sof + 9] = (r % 65536).to_bytes(2, "big") + (65535 - r % 65536).to_bytes(2, "big")
+    p.write_bytes(bytes(data))
+
+
 def _files(ds: Path) -> list[Path]:
     """manifest.json first, then the data files in manifest order."""
     names = ["manifest.json"]
@@ -182,6 +211,12 @@ def apply(ds: Path, m: tuple, outside: Path) -> None:
                 if fix:
                     _fix_totals(o)
         _edit_manifest(ds, edit)
+    elif kind == "record":
+        _, k, n, how, r = m
+        p = _pick(ds, k)
+        if p.name != "manifest.json" and p.is_file() and not p.is_symlink():
+            _damage_record(p, n, how, r)
+            vouch_for(ds, [p.name])
     elif kind == "file_type":
         _, k, what = m
         _replace_with(_pick(ds, k), what, ds, outside)
@@ -235,11 +270,15 @@ def exercise(ds: Path) -> str:
     assert all(isinstance(p, str) and p for p in problems)
     if not problems:
         assert open_error is None, f"verify says OK, the loader refused: {open_error}"
-    if not problems and refused:
+    if refused:
         failures = decode_failures(ds, workers=0, progress=False)
         listed = {f.index for f in failures}
         assert set(refused) <= listed, f"loader refused {refused}, verify --decode listed {sorted(listed)}"
-    return f"loaded {loaded}, refused {len(refused)}, open error {type(open_error).__name__}, {len(problems)} problems"
+    if open_error is not None:
+        return "refused at open"
+    if refused:
+        return "some records refused"
+    return "all loaded, verify objects" if problems else "all loaded, verify OK"
 
 
 # -- the child that runs many cases, and the parent that watches it ------------------------------------------
@@ -251,11 +290,12 @@ def _child(pristine: Path, backend: str, examples: int, fuzz_seed: int, progress
         work = Path(tempfile.mkdtemp(prefix=f"fuzz-{backend}-"))
         progress = open(progress_path, "w", buffering=1)
         counter = [0]
+        outcomes: dict[str, int] = {}
 
         @seed(fuzz_seed)
         @settings(max_examples=examples, deadline=None, database=None, derandomize=False,
                   suppress_health_check=list(HealthCheck))
-        @given(st.lists(mutation, min_size=1, max_size=3))
+        @given(cases)
         def case(mutations):
             counter[0] += 1
             ds, outside = work / "ds", work / "outside"
@@ -269,12 +309,13 @@ def _child(pristine: Path, backend: str, examples: int, fuzz_seed: int, progress
             try:
                 for m in mutations:
                     apply(ds, m, outside)
-                exercise(ds)
+                outcome = exercise(ds)
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
             finally:
                 faulthandler.cancel_dump_traceback_later()
 
         case()
-        conn.send(("ok", f"{counter[0]} cases"))
+        conn.send(("ok", outcomes))
     except BaseException as e:    # noqa: BLE001 - the parent reports it
         conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-6000:]}"))
     finally:
@@ -289,16 +330,16 @@ def _last_case(progress_path: str) -> str:
         return "(no progress file)"
 
 
-def run_fuzz(pristine: Path, backend: str, examples: int, fuzz_seed: int, tmp: Path) -> str:
+def run_fuzz(pristine: Path, backend: str, examples: int, fuzz_seed: int, tmp: Path) -> dict[str, int]:
     """Run ``examples`` cases in batches of ``BATCH``, each batch in a fresh child (seeded ``fuzz_seed + k``)."""
-    done = 0
+    outcomes: dict[str, int] = {}
     for k in range(0, examples, BATCH):
-        run_batch(pristine, backend, min(BATCH, examples - k), fuzz_seed + k // BATCH, tmp)
-        done += min(BATCH, examples - k)
-    return f"{done} cases in {-(-examples // BATCH)} batches"
+        for key, n in run_batch(pristine, backend, min(BATCH, examples - k), fuzz_seed + k // BATCH, tmp).items():
+            outcomes[key] = outcomes.get(key, 0) + n
+    return outcomes
 
 
-def run_batch(pristine: Path, backend: str, examples: int, fuzz_seed: int, tmp: Path) -> str:
+def run_batch(pristine: Path, backend: str, examples: int, fuzz_seed: int, tmp: Path) -> dict[str, int]:
     progress_path = str(tmp / f"progress-{backend}.txt")
     open(progress_path, "w").close()
     ctx = multiprocessing.get_context("fork")
@@ -347,5 +388,10 @@ def fuzz_pristine(photo_folder, tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("backend", ["shards", "lmdb"])
 def test_mutated_datasets_only_raise_fastload_errors(fuzz_pristine, backend, tmp_path):
     started = time.monotonic()
-    summary = run_fuzz(fuzz_pristine[backend], backend, EXAMPLES, SEED, tmp_path)
-    print(f"{backend}: {summary} in {time.monotonic() - started:.0f}s (seed {SEED})", file=sys.stderr)
+    outcomes = run_fuzz(fuzz_pristine[backend], backend, EXAMPLES, SEED, tmp_path)
+    print(f"{backend}: {sum(outcomes.values())} cases in {time.monotonic() - started:.0f}s (seed {SEED}): {outcomes}",
+          file=sys.stderr)
+    # the damage reaches every layer: refused at open, refused record by record, loaded with verify objecting
+    if EXAMPLES >= 500:
+        for kind in ("refused at open", "some records refused", "all loaded, verify objects", "all loaded, verify OK"):
+            assert outcomes.get(kind, 0) > 0, f"no case ended '{kind}': the mutations miss a layer ({outcomes})"

@@ -52,8 +52,12 @@ static void on_sigbus(int sig, siginfo_t *info, void *context) {
     sigaction(SIGBUS, &previous, NULL);    /* not ours: the fault repeats under the previous disposition */
 }
 
+/* Install the handler, or install it again if another one (faulthandler, a library) replaced it since;
+ * the one found is what faults outside the watched ranges go to. */
 static int install(void) {
-    if (installed) return 0;
+    struct sigaction current;
+    if (sigaction(SIGBUS, NULL, &current) != 0) return -1;
+    if (installed && (current.sa_flags & SA_SIGINFO) && current.sa_sigaction == on_sigbus) return 0;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_sigbus;
