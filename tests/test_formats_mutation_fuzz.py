@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -367,8 +368,8 @@ def run_batch(pristine: Path, backend: str, examples: int, fuzz_seed: int, tmp: 
     if status == "ok":
         return text
     tail = open(progress_path).read()[-4000:]
-    pytest.fail(f"{backend} fuzz (seed {fuzz_seed}): {status} (exit {p.exitcode}) in case {where}\n{text}\n"
-                f"progress tail:\n{tail}")
+    raise AssertionError(f"{backend} fuzz (seed {fuzz_seed}): {status} (exit {p.exitcode}) in case {where}\n{text}\n"
+                         f"progress tail:\n{tail}")
 
 
 @pytest.fixture(scope="module")
@@ -385,13 +386,17 @@ def fuzz_pristine(photo_folder, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("backend", ["shards", "lmdb"])
-def test_mutated_datasets_only_raise_fastload_errors(fuzz_pristine, backend, tmp_path):
+def test_mutated_datasets_only_raise_fastload_errors(fuzz_pristine, tmp_path):
+    """Both backends at once (one watcher thread each; the cases run in child processes)."""
     started = time.monotonic()
-    outcomes = run_fuzz(fuzz_pristine[backend], backend, EXAMPLES, SEED, tmp_path)
-    print(f"{backend}: {sum(outcomes.values())} cases in {time.monotonic() - started:.0f}s (seed {SEED}): {outcomes}",
-          file=sys.stderr)
-    # the damage reaches every layer: refused at open, refused record by record, loaded with verify objecting
-    if EXAMPLES >= 500:
-        for kind in ("refused at open", "some records refused", "all loaded, verify objects", "all loaded, verify OK"):
-            assert outcomes.get(kind, 0) > 0, f"no case ended '{kind}': the mutations miss a layer ({outcomes})"
+    with ThreadPoolExecutor(2) as ex:
+        futures = {b: ex.submit(run_fuzz, fuzz_pristine[b], b, EXAMPLES, SEED, tmp_path) for b in ("shards", "lmdb")}
+    for backend, fut in futures.items():
+        outcomes = fut.result()          # re-raises a batch's AssertionError (crash, hang, wrong error)
+        print(f"{backend}: {sum(outcomes.values())} cases in {time.monotonic() - started:.0f}s (seed {SEED}): "
+              f"{outcomes}", file=sys.stderr)
+        # the damage reaches every layer: refused at open, refused record by record, loaded with verify objecting
+        if EXAMPLES >= 500:
+            for kind in ("refused at open", "some records refused", "all loaded, verify objects",
+                         "all loaded, verify OK"):
+                assert outcomes.get(kind, 0) > 0, f"{backend}: no case ended '{kind}': the mutations miss a layer"

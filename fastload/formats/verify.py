@@ -16,7 +16,7 @@ import sys
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from fastload.errors import FastloadError, FormatError
+from fastload.errors import CorruptRecordError, FastloadError, FormatError
 from fastload.formats.dataset_dir import DatasetReader
 from fastload.formats.lmdbstore import LMDBReader, file_sha256
 from fastload.formats.manifest import Manifest, ShardEntry, read_manifest
@@ -34,10 +34,16 @@ def _file_problems(root: str, backend: str, entry: ShardEntry, schema_json: list
             problems.append(f"{p}: holds {len(reader):,} records, the manifest says {entry.num_records:,}")
         if reader.schema != Schema.from_json(schema_json):
             problems.append(f"{p}: its schema differs from the manifest's")
-        bad = reader.bad_records()
+        for i in range(len(reader)):
+            try:
+                reader.check(i)
+            except CorruptRecordError as e:     # a checksum mismatch, or a record LMDB cannot read
+                text = str(e)
+                prefix = f"{e.path}, record {i}: "
+                reason = text[len(prefix):] if text.startswith(prefix) else text
+                problems.append(f"{p}: record {i} (global index {start + i}): {reason}")
         if reader.guard.faulted:
             problems.append(f"{p}: changed size while being verified (truncated?)")
-        problems += [f"{p}: record {i} (global index {start + i}): checksum mismatch" for i in bad]
         return problems
     finally:
         reader.close()
