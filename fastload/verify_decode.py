@@ -75,8 +75,8 @@ def decode_failures(path: str | os.PathLike, workers: int | None = None,
     workers = (os.cpu_count() or 1) if workers is None else workers
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=n, unit="img", desc="decode", file=sys.stderr)
+        from fastload.progress import progress_bar
+        bar = progress_bar(n, "decode", unit="rec", file=sys.stderr)
     failures: list[DecodeFailure] = []
     try:
         if workers <= 0 or len(ranges) <= 1:

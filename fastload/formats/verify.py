@@ -127,8 +127,8 @@ def verify_dataset(path: str | os.PathLike, progress: bool = True) -> list[str]:
         return [str(e)]
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=m.num_bytes, unit="B", unit_scale=True, desc="verify", file=sys.stderr)
+        from ..progress import progress_bar
+        bar = progress_bar(m.num_bytes, "verify", unit="B", unit_scale=True, file=sys.stderr)
     problems: list[str] = []
     try:
         start = 0
