@@ -26,6 +26,8 @@ from fastload.formats.schema import ImageField, Schema
 from fastload.formats.shard import ShardReader, shard_record_count
 
 Store = ShardReader | LMDBReader
+DATASET_CHANGED = ("the dataset changed after this reader opened it (re-converted with --overwrite, or files "
+                   "replaced or rewritten): refusing to mix two datasets; restart the job")
 CHANGED = ("file was replaced, removed or rewritten after the dataset was opened (re-converted with --overwrite?): "
            "refusing to mix two datasets; restart the job")
 _faults = faults
@@ -57,24 +59,16 @@ class DatasetReader:
         if TEMP_RE.search(self.path.name):
             raise FormatError("this is the temporary directory of an unfinished or replaced conversion, "
                               "not a dataset; run the conversion again", str(self.path))
-        m = read_manifest(self.path)
-        identities = []
-        for s in m.shards:
-            p = self.path / s.file
-            if m.backend == "lmdb":
-                identity = self._check_lmdb(p, s)
-            else:
-                count, identity = shard_record_count(p, self.path)
-                if count != s.num_records:
-                    raise FormatError(f"shard holds {count:,} records, the manifest says {s.num_records:,}", str(p))
-            if identity.size != s.num_bytes:
-                raise FormatError(f"file is {identity.size} bytes, the manifest says {s.num_bytes}: truncated or "
-                                  "replaced", str(p))
-            identities.append(identity)
+        try:
+            m = read_manifest(self.path)
+            identities = [self._check_file(m, s) for s in m.shards]
+        except FormatError:
+            if expected is not None and self._any_changed(expected):
+                raise FormatError(DATASET_CHANGED, str(self.path)) from None
+            raise
         self._identities = tuple(identities)
         if expected is not None and tuple(expected) != self._identities:
-            raise FormatError("the dataset changed after this reader opened it (re-converted with --overwrite, "
-                              "or files replaced): refusing to mix two datasets; restart the job", str(self.path))
+            raise FormatError(DATASET_CHANGED, str(self.path))
         self._manifest = m
         self._counts = [s.num_records for s in m.shards]
         self._ends = list(accumulate(self._counts))
@@ -86,6 +80,28 @@ class DatasetReader:
         self._verify_reads = self.options["verify_reads"]
         self._faults_seen = _faults()
         self._pid = os.getpid()
+
+    def _check_file(self, m: Manifest, s: ShardEntry) -> FileIdentity:
+        """The checks of one data file at open (type, links, size, record count); returns its identity."""
+        p = self.path / s.file
+        if m.backend == "lmdb":
+            identity = self._check_lmdb(p, s)
+        else:
+            count, identity = shard_record_count(p, self.path)
+            if count != s.num_records:
+                raise FormatError(f"shard holds {count:,} records, the manifest says {s.num_records:,}", str(p))
+        if identity.size != s.num_bytes:
+            raise FormatError(f"file is {identity.size} bytes, the manifest says {s.num_bytes}: truncated or "
+                              "replaced", str(p))
+        return identity
+
+    def _any_changed(self, expected: tuple) -> bool:
+        """Whether any data file recorded in ``expected`` is gone or no longer the same file."""
+        try:
+            current = {e.inode(): e.path for e in os.scandir(self.path)}
+            return any(i.ino not in current or FileIdentity.of(os.stat(current[i.ino])) != i for i in expected)
+        except OSError:
+            return True
 
     def _check_lmdb(self, p: Path, entry: ShardEntry) -> FileIdentity:
         """Open the environment now (its meta pages and header are checked) and compare its record count."""

@@ -81,5 +81,8 @@ def test_shard_cut_while_workers_read_it_is_a_named_error(fresh_shards):
     with pytest.raises(fastload.FastloadError) as e:
         for _ in it:
             pass
-    assert "changed size while being read" in str(e.value) and "shard-0000" in str(e.value)
+    msg = str(e.value)     # a mapped read stopped, or a shard first opened after the cut refused
+    assert ("changed size while being read" in msg or "rewritten after the dataset was opened" in msg
+            or "the dataset changed after this reader opened it" in msg), msg
+    assert "shard-0000" in msg or "/ds:" in msg
     assert "SIGBUS" not in str(e.value)
