@@ -1,4 +1,4 @@
-"""``fastload.profile``: each bottleneck built for real, and the verdict checked against it.
+"""``fastload.profile()``: each bottleneck built for real, and the verdict checked against it.
 
 * storage-bound: the dataset read through a simulated 1 MB/s device shared by every worker process;
 * decode-bound: 1600x1200 JPEGs decoded at full size (no DCT downscale), then more ops;
@@ -22,8 +22,8 @@ import torch
 import fastload
 from fastload import ops
 from fastload.demo_data import make_photo_imagefolder
-from fastload.profile import ProfileReport, validate_trace
-from fastload.profile import profile as run_profile
+from fastload.profiling import ProfileReport, ThrottledReader, validate_trace
+from fastload.profiling import profile as run_profile
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"image": [ops.DecodeRandomResizedCrop(64), ops.RandomHorizontalFlip()]}
@@ -69,7 +69,7 @@ def test_storage_bound_through_a_slow_shared_device(small_ds):
     assert "SIMULATED slow storage" in rep.text()
     # the probe went through the same simulated device (sequential reads too)
     assert rep["storage"]["warm"]["sequential"]["mb_s"] < 1.5
-    assert not isinstance(ds.reader, fastload.profile.ThrottledReader)   # the caller's dataset is untouched
+    assert not isinstance(ds.reader, ThrottledReader)   # the caller's dataset is untouched
 
 
 def test_decode_bound_on_big_jpegs(big_ds, tmp_path):
@@ -166,7 +166,7 @@ def test_imagefolder_is_compared_with_fastload_ops(small_folder, tmp_path):
 
 
 def test_torch_dataloader_with_a_real_step(small_folder):
-    from fastload.profile.imagefolder import PILImageFolder, classic_train_transform
+    from fastload.profiling.imagefolder import PILImageFolder, classic_train_transform
     loader = torch.utils.data.DataLoader(PILImageFolder(small_folder, classic_train_transform(48)), batch_size=6,
                                          shuffle=True)
     seen = []
@@ -175,7 +175,7 @@ def test_torch_dataloader_with_a_real_step(small_folder):
         images, labels = batch
         seen.append(images.shape)
         time.sleep(0.05)
-    rep = fastload.profile.profile(loader, steps=5, step=train_step, workers=[0, 1], **FAST)
+    rep = fastload.profiling.profile(loader, steps=5, step=train_step, workers=[0, 1], **FAST)
     assert rep["stall"]["step"] == "train_step(batch)" and rep["stall"]["simulated_step"] is False
     assert seen and all(s == (6, 3, 48, 48) for s in seen) and len(seen) == 6      # first batch + 5 steps
     assert rep["storage"]["files"] == 60                                               # the dataset's files
@@ -185,9 +185,12 @@ def test_torch_dataloader_with_a_real_step(small_folder):
     assert rep.verdict["bound"] in ("model", "decode", "augment", "loader")
 
 
-def test_plain_iterable_and_callable_package():
+def test_plain_iterable_and_the_profile_function():
+    import inspect
+    import fastload.profiling
+    assert inspect.isfunction(fastload.profile) and not callable(fastload.profiling)   # no callable module
     batches = [torch.zeros(4, 3)] * 10
-    rep = fastload.profile(batches, steps=5, step_time=0.01, progress=False)    # the package itself is callable
+    rep = fastload.profile(batches, steps=5, step_time=0.01, progress=False)
     assert rep.verdict["bound"] == "model"
     assert rep["sweep"]["skipped"] and rep["cpu"]["skipped"]
     assert "Model-bound" in rep.text()
@@ -209,7 +212,7 @@ def test_ctrl_c_in_the_stall_run_gives_a_partial_report(small_ds):
 
 def test_cli_ctrl_c_prints_the_partial_report(small_ds, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "fastload.profile", str(small_ds), "--out", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "fastload.profiling", str(small_ds), "--out", str(tmp_path),
                              "--size", "64", "--batch-size", "8", "--workers", "0,1,2,1,2", "--seconds", "3",
                              "--no-cold", "--no-plot"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
@@ -230,7 +233,7 @@ def test_cli_ctrl_c_prints_the_partial_report(small_ds, tmp_path):
 
 def test_cli_json_files_and_plot(small_ds, tmp_path, capsys):
     import argparse
-    from fastload.profile.cli import add_parser, run
+    from fastload.profiling.cli import add_parser, run
     parser = argparse.ArgumentParser(prog="fastload")
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["profile", str(small_ds), "--json", "--out", str(tmp_path / "p"), "--size", "64",

@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from fastload.profile import chrome_trace, validate_trace
-from fastload.profile.resources import TreeMonitor
-from fastload.profile.storage import FileRecords, ThrottledReader, evict, page_residency, probe_storage
-from fastload.profile.sweep import knee
-from fastload.profile.verdict import decide
+from fastload.profiling import chrome_trace, validate_trace
+from fastload.profiling.resources import TreeMonitor
+from fastload.profiling.storage import FileRecords, ThrottledReader, evict, page_residency, probe_storage
+from fastload.profiling.sweep import knee
+from fastload.profiling.verdict import decide
 
 
 def test_cold_probe_really_evicts_or_says_why(tmp_path):

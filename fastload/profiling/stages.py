@@ -1,4 +1,4 @@
-"""One sample through a pipeline, one stage at a time, for :mod:`fastload.profile.cpu` to time.
+"""One sample through a pipeline, one stage at a time, for :mod:`fastload.profiling.cpu` to time.
 
 Three kinds of pipeline are taken apart:
 

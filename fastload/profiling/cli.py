@@ -2,7 +2,7 @@
 
 Wire it into ``fastload/cli.py`` with ``add_parser(subparsers)``; ``run(args)`` returns the exit status
 (0, or 130 when Ctrl-C cut the run short: the partial report is still printed and written).
-Also runnable alone: ``python -m fastload.profile TARGET``.
+Also runnable alone: ``python -m fastload.profiling TARGET``.
 """
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = configure(argparse.ArgumentParser(prog="python -m fastload.profile",
+    p = configure(argparse.ArgumentParser(prog="python -m fastload.profiling",
                                           description="Profile a fastload dataset or an ImageFolder tree."))
     args = p.parse_args(argv)
     try:

@@ -5,7 +5,7 @@ VLDB 2021): the fraction of training time in which the accelerator is idle waiti
 ``wait / (wait + step)``, measured here per step after the first batch (the first batch's wait is start-up
 and is reported on its own as time to first batch).
 
-With a copy stage (:class:`fastload.profile.transfer.CopyStage`), a thread fetches batch k+1 from the loader
+With a copy stage (:class:`fastload.profiling.transfer.CopyStage`), a thread fetches batch k+1 from the loader
 and copies it while the step runs on batch k (one batch ahead, as fastload's ``device=`` path does); each
 wait of the step is then split into the part spent on the copy and the part spent on the loader, from the
 spans of both threads, and the share of copy time hidden behind the steps is reported.

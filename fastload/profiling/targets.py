@@ -13,12 +13,13 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+
+from fastload.dataset import ShardDataset
 
 from .cpu import cpu_ceiling, measure_stages, measure_total, usable_cores
 from .stages import DatasetStages, FieldStages, ShardDatasetStages
@@ -31,11 +32,6 @@ STORAGE_FILES = 4000
 def _forever_sampler(n: int, seed: int) -> torch.utils.data.Sampler:
     return torch.utils.data.RandomSampler(range(n), replacement=False, num_samples=FOREVER,
                                           generator=torch.Generator().manual_seed(seed))
-
-
-def is_shard_dataset(x: Any) -> bool:
-    mod = sys.modules.get("fastload.dataset")
-    return mod is not None and isinstance(x, mod.ShardDataset)
 
 
 def _sample_indices(n: int, k: int, seed: int) -> np.ndarray:
@@ -308,7 +304,7 @@ class LoaderTarget(Target):
         self.seed = seed
         self.batch_size = loader.batch_size or 1
         self.map_style = not isinstance(self.ds, torch.utils.data.IterableDataset)
-        self.shard = is_shard_dataset(self.ds)
+        self.shard = isinstance(self.ds, ShardDataset)
         self.kind = f"{type(loader).__module__}.{type(loader).__name__}"
 
     def info(self) -> dict:
@@ -392,7 +388,6 @@ def resolve(target: Any, batch_size: int = 128, size: int = 224, transforms: dic
         p = Path(target)
         from fastload.formats.manifest import MANIFEST
         if (p / MANIFEST).is_file() or (p.name == MANIFEST and p.is_file()):
-            from fastload.dataset import ShardDataset
             from fastload.formats import read_manifest
             from fastload.ops import DecodeRandomResizedCrop, RandomHorizontalFlip
             if transforms is None:      # the standard training pipeline on every image field
@@ -409,7 +404,7 @@ def resolve(target: Any, batch_size: int = 128, size: int = 224, transforms: dic
             if simulate_storage_mb_s:
                 raise ValueError("simulated storage applies to fastload datasets only")
             return ImageFolderTarget(p, size=size, batch_size=batch_size, seed=seed)
-    if is_shard_dataset(target):
+    if isinstance(target, ShardDataset):
         if simulate_storage_mb_s:
             target = copy.copy(target)     # leave the caller's dataset as it was
             target.reader = ThrottledReader(target.reader, simulate_storage_mb_s)
