@@ -82,7 +82,7 @@ def test_decode_bound_on_big_jpegs(big_ds, tmp_path):
     assert v["resource"] == "cpu" and v["bound"] == "decode", rep.text()
     stages = rep["cpu"]["stages"]
     top = max(stages, key=lambda s: s["cpu_ms"])
-    assert top["name"] == "decode+random-resized-crop" and top["share"] > 0.7
+    assert top["name"].startswith("decode+random-resized-crop") and top["share"] > 0.7
     assert [s["name"] for s in stages][-2:] == ["augment: CenterCrop(size=(112, 112))",
                                                 "collate (in place; labels from the index)"]
     # whether the native JPEG path ran is reported (on where the extension is built)

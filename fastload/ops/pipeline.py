@@ -91,6 +91,14 @@ class FieldPipeline:
         """The user callables that run after the fastload ops (empty: the whole pipeline is fused)."""
         return tuple(self._callables)
 
+    def stage_ops(self) -> dict[str, tuple]:
+        """The ops behind each stage this pipeline times (:mod:`fastload.ops.timing`): ``decode`` (the decode
+        op, and a flip fused into its resize), ``augment`` (the other fastload ops), ``callables``."""
+        dec = (self._decode, self._fused_flip) if self._decode is not None else ()
+        out = {DECODE: tuple(op for op in dec if op is not None), AUGMENT: tuple(self._rest),
+               CALLABLES: tuple(self._callables)}
+        return {k: v for k, v in out.items() if v}
+
     @property
     def declared(self) -> bool:
         """Whether every sample's output is known (always, without callables, once the shape is fixed)."""

@@ -64,7 +64,7 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
             prefetch: Sequence[int] = (2, 4), seconds: float = 2.0, storage: bool = True, cold: bool = True,
             cpu: bool = True, sweep: bool = True, transfer_gbps: float | None = None,
             simulate_storage_mb_s: float | None = None, progress: bool = True, out: str | os.PathLike | None = None,
-            seed: int = 0) -> ProfileReport:
+            seed: int = 0, pipeline: str | None = None) -> ProfileReport:
     """Profile an input pipeline and name its bottleneck.
 
     ``target``: a fastload dataset directory, an ImageFolder directory, a ``ShardDataset``, a torch
@@ -74,8 +74,10 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
     GPU in it), or a simulated one: ``step_time`` seconds per batch, or ``target_rate`` samples/s.
     ``steps``: batches fed to it (0: no stall run).
 
-    ``batch_size``, ``size`` (output side of the default RandomResizedCrop+flip pipeline) and ``transforms``
-    apply to dataset paths. ``workers`` / ``prefetch``: the sweep (default 0, 1, 2, 4 ... up to twice the
+    ``batch_size``, ``size`` (output side), ``pipeline`` (``"rrc"``: RandomResizedCrop + flip, the default;
+    ``"center"``: resize + centre crop; ``"decode"``: full decode + centre crop) or ``transforms`` (a
+    ``ShardDataset`` transforms dict) apply to dataset paths; for any other pipeline profile your own
+    ``ShardDataset`` or loader. The report says which pipeline ran. ``workers`` / ``prefetch``: the sweep (default 0, 1, 2, 4 ... up to twice the
     cores; prefetch 2, then 4 at the best worker count). ``seconds``: measuring time per sweep point (and
     per storage/CPU probe). ``cold``: also measure storage with the files dropped from the page cache.
     ``transfer_gbps``: a simulated host-to-device copy at this rate (for machines without a GPU; every number
@@ -86,7 +88,7 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
     rep = ProfileReport()
     rep["partial"] = False
     tgt = resolve(target, batch_size=batch_size, size=size, transforms=transforms,
-                  simulate_storage_mb_s=simulate_storage_mb_s, seed=seed)
+                  simulate_storage_mb_s=simulate_storage_mb_s, seed=seed, pipeline=pipeline)
     rep["target"] = tgt.info()
     rep["machine"] = machine_info()
     rep["settings"] = {"steps": steps, "seconds_per_point": seconds, "cold": cold, "seed": seed,

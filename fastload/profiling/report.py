@@ -98,6 +98,8 @@ class ProfileReport(dict):
         if t.get("record_kb"):
             desc.append(f"{t['record_kb']:,.1f} KB/record")
         L.append("  target    " + ", ".join(d for d in desc if d))
+        if t.get("pipeline_name"):
+            L.extend(textwrap.wrap(f"  pipeline  {t['pipeline_name']}", width, subsequent_indent=" " * 12))
         for f, p in (t.get("pipeline") or {}).items():
             L.extend(textwrap.wrap(f"  pipeline  {f}: {p}", width, subsequent_indent=" " * 12))
         if t.get("batch_size"):
