@@ -52,23 +52,23 @@ def big_ds(tmp_path_factory) -> Path:
 
 
 def _ceil(rep: ProfileReport, name: str) -> float:
-    return rep.verdict["ceilings"][name]["samples_s"]
+    return rep.verdict.ceilings[name].samples_s
 
 
 def test_storage_bound_through_a_slow_shared_device(small_ds):
     ds = fastload.ShardDataset(small_ds, transforms=SMALL)
     rep = run_profile(ds, simulate_storage_mb_s=1.0, batch_size=8, workers=[1, 2], steps=0, **FAST)
     v = rep.verdict
-    assert v["bound"] == "storage", rep.text()
-    assert v["headline"].startswith("Storage-bound")
+    assert v.bound == "storage", rep.text()
+    assert v.headline.startswith("Storage-bound")
     storage, cpu, loader = _ceil(rep, "storage"), _ceil(rep, "cpu"), _ceil(rep, "loader")
     # one simulated device for all processes: two workers cannot read faster than the device
     assert loader <= 1.3 * storage, rep.text()
     assert storage < 0.2 * cpu
-    assert any("Faster storage" in a for a in v["actions"])
+    assert any("Faster storage" in a for a in v.actions)
     assert "SIMULATED slow storage" in rep.text()
     # the probe went through the same simulated device (sequential reads too)
-    assert rep["storage"]["warm"]["sequential"]["mb_s"] < 1.5
+    assert rep.storage["warm"]["sequential"]["mb_s"] < 1.5
     assert not isinstance(ds.reader, ThrottledReader)   # the caller's dataset is untouched
 
 
@@ -79,25 +79,25 @@ def test_decode_bound_on_big_jpegs(big_ds, tmp_path):
     ds = fastload.ShardDataset(big_ds, transforms=heavy)
     rep = run_profile(ds, batch_size=4, workers=[0, 2], steps=6, out=tmp_path / "out", **FAST)
     v = rep.verdict
-    assert v["resource"] == "cpu" and v["bound"] == "decode", rep.text()
-    stages = rep["cpu"]["stages"]
+    assert v.resource == "cpu" and v.bound == "decode", rep.text()
+    stages = rep.cpu["stages"]
     top = max(stages, key=lambda s: s["cpu_ms"])
     assert top["name"].startswith("decode+random-resized-crop") and top["share"] > 0.7
     assert [s["name"] for s in stages][-2:] == ["augment: CenterCrop(size=(112, 112))",
                                                 "collate (in place; labels from the index)"]
     # whether the native JPEG path ran is reported (on where the extension is built)
-    native = rep["cpu"]["decode_stats"]["native"]
+    native = rep.cpu["decode_stats"]["native"]
     assert native["available"] == ops.jpeg.partial_decode_available()
     assert ("native decode+resize (libjpeg-turbo" if native["available"] else "native decode+resize OFF") in rep.text()
     if native["available"]:
-        assert rep["cpu"]["decode_stats"]["partial"] == rep["cpu"]["decode_stats"]["decoded"] > 0
+        assert rep.cpu["decode_stats"]["partial"] == rep.cpu["decode_stats"]["decoded"] > 0
     # the loader is near what the cores allow, and storage is far above
     assert _ceil(rep, "loader") >= 0.5 * _ceil(rep, "cpu")
     assert _ceil(rep, "storage") > 5 * _ceil(rep, "cpu")
     # the --max-side suggestion is measured, and it does help
-    wi = rep["cpu"]["what_if_max_side"]
+    wi = rep.cpu["what_if_max_side"]
     assert wi["max_side"] == 256 and wi["cpu_ms_after"] < 0.5 * wi["cpu_ms_before"]
-    assert any("--max-side 256" in a for a in v["actions"])
+    assert any("--max-side 256" in a for a in v.actions)
     # the workers and the main process are in the trace, on one timeline
     trace = json.loads((tmp_path / "out" / "trace.json").read_text())
     assert validate_trace(trace) == []
@@ -113,17 +113,17 @@ def test_transfer_bound_simulated_and_labelled(small_ds):
     ds = fastload.ShardDataset(small_ds, transforms=SMALL)
     rep = run_profile(ds, transfer_gbps=0.005, batch_size=16, workers=[1], steps=12, **FAST)
     v = rep.verdict
-    assert v["bound"] == "transfer", rep.text()
-    assert "SIMULATED" in v["headline"] and "no GPU" in v["headline"]
-    assert rep.verdict["ceilings"]["transfer"]["simulated"] is True
-    copy = rep["stall"]["copy"]
+    assert v.bound == "transfer", rep.text()
+    assert "SIMULATED" in v.headline and "no GPU" in v.headline
+    assert rep.verdict.ceilings["transfer"].simulated is True
+    copy = rep.stall["copy"]
     assert copy["simulated"] and 0.003 < copy["gb_s"] < 0.0055
     # the step received what the copy allows: ~12 KB per sample at 5 MB/s is ~400 samples/s
-    assert rep["stall"]["samples_s"] <= 1.25 * _ceil(rep, "transfer")
+    assert rep.stall["samples_s"] <= 1.25 * _ceil(rep, "transfer")
     assert _ceil(rep, "transfer") < 0.3 * _ceil(rep, "cpu")
     text = rep.text()
     assert "no CUDA" in text and "SIMULATED copy" in text
-    assert any("simulated copy rate" in a for a in v["actions"])
+    assert any("simulated copy rate" in a for a in v.actions)
 
 
 def test_copy_overlap_is_split_from_the_loader_wait(small_ds):
@@ -131,12 +131,12 @@ def test_copy_overlap_is_split_from_the_loader_wait(small_ds):
     quick = dict(batch_size=16, steps=10, transfer_gbps=0.005, sweep=False, cpu=False, storage=False, progress=False)
     # a 40 ms copy behind a 60 ms step is hidden; behind a 20 ms step, about 20 ms of it shows
     hidden = run_profile(ds, step_time=0.06, **quick)
-    assert hidden.bound == "model" and hidden["stall"]["copy"]["hidden_pct"] > 85
+    assert hidden.bound == "model" and hidden.stall["copy"]["hidden_pct"] > 85
     shown = run_profile(ds, step_time=0.02, **quick)
-    c = shown["stall"]["copy"]
+    c = shown.stall["copy"]
     assert shown.bound == "transfer", shown.text()
     assert 12 < c["exposed_ms_per_step"] < 32 and c["loader_wait_ms_per_step"] < 8
-    assert 20 < c["hidden_pct"] < 70 and 35 < shown["stall"]["stall_pct"] < 70
+    assert 20 < c["hidden_pct"] < 70 and 35 < shown.stall["stall_pct"] < 70
 
 
 def test_model_bound_slow_step_has_no_stall(small_ds):
@@ -144,25 +144,25 @@ def test_model_bound_slow_step_has_no_stall(small_ds):
     # a 200 ms step: a waking VM core costs ~1-3 ms per batch, which must stay small next to the step
     rep = run_profile(ds, step_time=0.2, batch_size=8, workers=[1], steps=8, **FAST)
     v = rep.verdict
-    assert v["bound"] == "model", rep.text()
-    assert rep["stall"]["stall_pct"] < 5
-    assert rep["stall"]["simulated_step"] is True
-    assert v["factor"] > 3                       # the loader could feed a much faster model
-    assert "(simulated)" in v["headline"]
+    assert v.bound == "model", rep.text()
+    assert rep.stall["stall_pct"] < 5
+    assert rep.stall["simulated_step"] is True
+    assert v.factor > 3                       # the loader could feed a much faster model
+    assert "(simulated)" in v.headline
 
 
 def test_imagefolder_is_compared_with_fastload_ops(small_folder, tmp_path):
     rep = run_profile(small_folder, batch_size=8, size=64, workers=[0], steps=0, out=tmp_path, **FAST)
-    assert rep["target"]["kind"].startswith("ImageFolder")
-    names = [s["name"] for s in rep["cpu"]["stages"]]
+    assert rep.target["kind"].startswith("ImageFolder")
+    names = [s["name"] for s in rep.cpu["stages"]]
     assert names == ["read", "decode (PIL)", "augment: RandomResizedCrop(64)", "augment: RandomHorizontalFlip(p=0.5)",
                      "convert: ToTensor()", "normalize: Normalize(imagenet)", "collate"]
-    cmp_ = rep["compare"]
+    cmp_ = rep.compare
     assert cmp_["gain"] > 1.0 and cmp_["fastload_ceiling_s"] > cmp_["pil_ceiling_s"]
     assert "through fastload's fused ops" in rep.text()
-    if rep.verdict["resource"] == "cpu":
-        assert any("fastload convert" in a for a in rep.verdict["actions"])
-    assert rep["sweep"]["points"][0]["dtypes"] == ["float32", "int64"]
+    if rep.verdict.resource == "cpu":
+        assert any("fastload convert" in a for a in rep.verdict.actions)
+    assert rep.sweep["points"][0]["dtypes"] == ["float32", "int64"]
 
 
 def test_torch_dataloader_with_a_real_step(small_folder):
@@ -176,13 +176,13 @@ def test_torch_dataloader_with_a_real_step(small_folder):
         seen.append(images.shape)
         time.sleep(0.05)
     rep = fastload.profiling.profile(loader, steps=5, step=train_step, workers=[0, 1], **FAST)
-    assert rep["stall"]["step"] == "train_step(batch)" and rep["stall"]["simulated_step"] is False
+    assert rep.stall["step"] == "train_step(batch)" and rep.stall["simulated_step"] is False
     assert seen and all(s == (6, 3, 48, 48) for s in seen) and len(seen) == 6      # first batch + 5 steps
-    assert rep["storage"]["files"] == 60                                               # the dataset's files
-    assert {s["kind"] for s in rep["cpu"]["stages"]} == {"read", "decode", "augment", "convert", "normalize",
+    assert rep.storage["files"] == 60                                               # the dataset's files
+    assert {s["kind"] for s in rep.cpu["stages"]} == {"read", "decode", "augment", "convert", "normalize",
                                                          "collate"}
-    assert [p["workers"] for p in rep["sweep"]["points"]] == [0, 1]
-    assert rep.verdict["bound"] in ("model", "decode", "augment", "loader")
+    assert [p["workers"] for p in rep.sweep["points"]] == [0, 1]
+    assert rep.verdict.bound in ("model", "decode", "augment", "loader")
 
 
 def test_plain_iterable_and_the_profile_function():
@@ -191,8 +191,8 @@ def test_plain_iterable_and_the_profile_function():
     assert inspect.isfunction(fastload.profile) and not callable(fastload.profiling)   # no callable module
     batches = [torch.zeros(4, 3)] * 10
     rep = fastload.profile(batches, steps=5, step_time=0.01, progress=False)
-    assert rep.verdict["bound"] == "model"
-    assert rep["sweep"]["skipped"] and rep["cpu"]["skipped"]
+    assert rep.verdict.bound == "model"
+    assert rep.sweep["skipped"] and rep.cpu["skipped"]
     assert "Model-bound" in rep.text()
 
 
@@ -205,8 +205,8 @@ def test_ctrl_c_in_the_stall_run_gives_a_partial_report(small_ds):
         if len(calls) == 3:
             raise KeyboardInterrupt
     rep = run_profile(ds, step=step, batch_size=8, workers=[1], steps=50, **FAST)
-    assert rep["partial"] and rep["interrupted_in"] == "stall"
-    assert rep["sweep"]["points"] and rep.verdict["bound"]   # what was measured is kept and judged
+    assert rep.partial and rep.interrupted_in == "stall"
+    assert rep.sweep["points"] and rep.verdict.bound   # what was measured is kept and judged
     assert "PARTIAL" in rep.text()
 
 

@@ -14,7 +14,8 @@ from fastload.profiling import chrome_trace, validate_trace
 from fastload.profiling.resources import TreeMonitor
 from fastload.profiling.storage import FileRecords, ThrottledReader, evict, page_residency, probe_storage
 from fastload.profiling.sweep import knee
-from fastload.profiling.verdict import decide
+from fastload.profiling.report import ProfileReport
+from fastload.profiling.verdict import Bound, Resource, Verdict, decide
 
 
 def test_cold_probe_really_evicts_or_says_why(tmp_path):
@@ -144,55 +145,55 @@ def test_knee_is_the_fewest_workers_near_the_best():
 
 
 def _report(storage_rps=None, cpu_s=None, loader=None, demand=None, stall=None, top="decode", others=None):
-    rep: dict = {"machine": {"cores": 4, "memory_bytes": 64e9}, "target": {}}
+    rep = ProfileReport(machine={"cores": 4, "memory_bytes": 64e9})
     if storage_rps is not None:
-        rep["storage"] = {"bytes": 1e9, "warm": {"sequential": {"mb_s": 2000},
+        rep.storage = {"bytes": 1e9, "warm": {"sequential": {"mb_s": 2000},
                                                  "random": {"records_s": storage_rps, "mb_s": storage_rps * 0.1,
                                                             "bytes": 100_000, "records": 1}}}
     if cpu_s is not None:
-        rep["cpu"] = {"per_sample_cpu_ms": 4e3 / cpu_s, "ceiling": {"cores": 4, "per_core": cpu_s / 4, "samples_s": cpu_s},
+        rep.cpu = {"per_sample_cpu_ms": 4e3 / cpu_s, "ceiling": {"cores": 4, "per_core": cpu_s / 4, "samples_s": cpu_s},
                       "stages": [{"name": "read", "kind": "read", "cpu_ms": 0.01, "share": 0.01},
                                  {"name": top, "kind": top, "cpu_ms": 4e3 / cpu_s, "share": 0.99}]}
     if loader is not None:
-        rep["sweep"] = {"points": [{"workers": 4, "prefetch": 2, "samples_s": loader, "bytes_per_sample": 150_000,
+        rep.sweep = {"points": [{"workers": 4, "prefetch": 2, "samples_s": loader, "bytes_per_sample": 150_000,
                                     "other_cores_busy": others}]}
     if demand is not None:
-        rep["stall"] = {"demand_s": demand, "stall_pct": stall, "step_ms": 100, "wait_ms": 1, "batch_size": 64,
+        rep.stall = {"demand_s": demand, "stall_pct": stall, "step_ms": 100, "wait_ms": 1, "batch_size": 64,
                         "samples_s": min(demand, loader or demand)}
     return rep
 
 
 def test_verdict_rules():
-    assert decide(_report(storage_rps=5000, cpu_s=1000, loader=950))["bound"] == "decode"
-    assert decide(_report(storage_rps=300, cpu_s=1000, loader=290))["bound"] == "storage"
-    assert decide(_report(storage_rps=5000, cpu_s=1000, loader=950, top="augment"))["bound"] == "augment"
-    assert decide(_report(storage_rps=5000, cpu_s=1000, loader=950, top="normalize"))["bound"] == "normalize"
+    assert decide(_report(storage_rps=5000, cpu_s=1000, loader=950)).bound == "decode"
+    assert decide(_report(storage_rps=300, cpu_s=1000, loader=290)).bound == "storage"
+    assert decide(_report(storage_rps=5000, cpu_s=1000, loader=950, top="augment")).bound == "augment"
+    assert decide(_report(storage_rps=5000, cpu_s=1000, loader=950, top="normalize")).bound == "normalize"
     # the loader far under every ceiling: the loader itself
     v = decide(_report(storage_rps=5000, cpu_s=1000, loader=200))
-    assert v["bound"] == "loader" and v["resource"] == "loader"
+    assert v.bound == "loader" and v.resource == "loader"
     # a one-reader storage number the loader beat is a lower bound, not the limit
     v = decide(_report(storage_rps=300, cpu_s=1000, loader=900))
-    assert v["bound"] == "decode" and any("lower bound" in e for e in v["evidence"])
+    assert v.bound == "decode" and any("lower bound" in e for e in v.evidence)
     # a CPU ceiling the loader beat is an underestimate; with nothing left, the loader's per-batch work
     v = decide(_report(storage_rps=1e6, cpu_s=1000, loader=5000))
-    assert v["bound"] == "loader" and any("underestimate" in e for e in v["evidence"])
+    assert v.bound == "loader" and any("underestimate" in e for e in v.evidence)
     # a slow step: model-bound, whatever else
-    assert decide(_report(storage_rps=300, cpu_s=1000, loader=290, demand=100, stall=2.0))["bound"] == "model"
+    assert decide(_report(storage_rps=300, cpu_s=1000, loader=290, demand=100, stall=2.0)).bound == "model"
     # a fast step with a big stall: the data side is named, and by how much the step is starved
     v = decide(_report(storage_rps=5000, cpu_s=1000, loader=950, demand=3000, stall=68.0))
-    assert v["bound"] == "decode" and v["demand_over_supply"] == pytest.approx(3000 / 950)
-    assert v["factor"] == pytest.approx(5.0)
+    assert v.bound == "decode" and v.demand_over_supply == pytest.approx(3000 / 950)
+    assert v.factor == pytest.approx(5.0)
     # the loader alone outruns the step, yet the step waits: loading does not overlap the step
     rep = _report(storage_rps=5000, cpu_s=1000, loader=950, demand=400, stall=30.0)
-    rep["stall"]["num_workers"] = 0
+    rep.stall["num_workers"] = 0
     v = decide(rep)
-    assert v["bound"] == "loader" and "no overlap" in v["headline"] and "num_workers >= 1" in v["actions"][0]
+    assert v.bound == "loader" and "no overlap" in v.headline and "num_workers >= 1" in v.actions[0]
     # other processes eating cores shrink the CPU ceiling the pipeline can reach
     v = decide(_report(storage_rps=5000, cpu_s=1000, loader=480, others=2.0))
-    assert v["bound"] == "decode" and v["ceilings"]["cpu"]["samples_s"] == pytest.approx(500)
+    assert v.bound == "decode" and v.ceilings["cpu"].samples_s == pytest.approx(500)
     # decode-bound without the native JPEG path: say why it is off and what to do
     rep = _report(storage_rps=5000, cpu_s=1000, loader=950)
-    rep["cpu"]["decode_stats"] = {"native": {"available": False, "why": "not built (apt-get install x)"}}
-    assert any("native JPEG path is off: not built (apt-get install x)" in a for a in decide(rep)["actions"])
-    rep["cpu"]["decode_stats"]["native"] = {"available": True, "why": ""}
-    assert not any("native JPEG path" in a for a in decide(rep)["actions"])
+    rep.cpu["decode_stats"] = {"native": {"available": False, "why": "not built (apt-get install x)"}}
+    assert any("native JPEG path is off: not built (apt-get install x)" in a for a in decide(rep).actions)
+    rep.cpu["decode_stats"]["native"] = {"available": True, "why": ""}
+    assert not any("native JPEG path" in a for a in decide(rep).actions)

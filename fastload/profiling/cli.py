@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             print(f"fastload profile: cannot write {args.out}: {e}", file=sys.stderr)
     print(rep.to_json() if args.json else rep.text(), end="" if not args.json else "\n")
-    return 130 if rep.get("partial") else 0
+    return 130 if rep.partial else 0
 
 
 def main(argv: list[str] | None = None) -> int:
