@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -167,7 +166,7 @@ class ShardDataset(torch.utils.data.Dataset):
         ``times``, when given, collects the seconds of each stage (read, decode, augment, callables)."""
         for f, out in outs.items():
             pipe = self.pipelines[f]
-            t0 = time.perf_counter()
+            t0 = StageTimes.start() if times is not None else None
             value = self.reader.get(index, f)
             size = self.reader.image_size(index, f) if self.kinds[f] == "image" else None
             if times is not None:

@@ -101,6 +101,7 @@ class ShardBatches:
                     self.dataset.reader.gather(k, idx_arr, views[k])
         span(timings, "read+decode+augment", t0)
         timings["spans"].extend(times.laid_out(t0))
+        timings["stage_cpu"] = times.cpu_seconds
         out = []
         for name, shape, dtype, off in self.layout:
             if off < 0:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -151,7 +150,7 @@ class FieldPipeline:
                        times: StageTimes | None):
         arr = self._scratch(-2, self._array_sample_shape(raw, size))
         self._run_array(raw, size, arr, rng, times)
-        t0 = time.perf_counter()
+        t0 = StageTimes.start() if times is not None else None
         x = to_tensor(arr, self.kind == "image")
         y = as_tensor(run_callables(self._callables, x, torch_seed(rng)), self._callables[-1])
         if times is not None:
@@ -173,7 +172,7 @@ class FieldPipeline:
             raise TransformError(f"transform {self._callables[-1]!r} returned {tuple(y.shape)} {y.dtype}, but the "
                                  f"first record gave {expected} {self.output_dtype}: a batch needs one shape and "
                                  "dtype for every sample (end the pipeline with a fixed-size crop or resize)")
-        t0 = time.perf_counter()
+        t0 = StageTimes.start() if times is not None else None
         np.copyto(out, y.detach().cpu().numpy() if y.requires_grad or y.device.type != "cpu" else y.numpy())
         if times is not None:
             times.lap(CALLABLES, t0)
@@ -191,7 +190,7 @@ class FieldPipeline:
         if out.shape != expected or out.dtype != self.array_dtype:
             raise ValueError(f"out is {out.shape} {out.dtype}, this sample needs {expected} {self.array_dtype}")
         last = self._last_producer
-        t0 = time.perf_counter()
+        t0 = StageTimes.start() if times is not None else None
         if self._decode is not None:
             plan = self._decode.plan(size[0], size[1], rng)
             mirror = self._fused_flip.draw(rng) if self._fused_flip is not None else False

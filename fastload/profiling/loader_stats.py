@@ -29,11 +29,13 @@ class LoaderTimes:
     batches: int
     seconds: dict[str, float]
     counts: dict[str, int]
+    cpu_seconds: dict[str, float]        # CPU time of the stages that measure it (the per-sample ones)
     spans: list[tuple[str, int, float, float]] = field(default_factory=list)   # (stage, worker|-1, start, s)
 
-    def sample_stages(self) -> dict[str, float]:
-        """Seconds of each per-sample stage that ran (read, decode, augment, callables), pipeline order."""
-        return {s: self.seconds[s] for s in SAMPLE_STAGES if self.seconds.get(s)}
+    def sample_stages(self) -> dict[str, tuple[float, float]]:
+        """``(wall, cpu)`` seconds of each per-sample stage that ran (read, decode, augment, callables), in
+        pipeline order."""
+        return {s: (self.seconds[s], self.cpu_seconds.get(s, 0.0)) for s in SAMPLE_STAGES if self.seconds.get(s)}
 
     def worker_busy_seconds(self) -> float:
         """Seconds the workers spent building batches (the whole-batch stages and the slot writes)."""
@@ -84,4 +86,5 @@ def read(stats: Any) -> LoaderTimes:
     """The stage timings a LoaderStats holds now."""
     s = stats.summary()
     return LoaderTimes(samples=s["samples"], batches=s["batches"], seconds=dict(s["seconds"]),
-                       counts=dict(s["counts"]), spans=list(stats.spans))
+                       counts=dict(s["counts"]), cpu_seconds=dict(getattr(stats, "cpu_seconds", {})),
+                       spans=list(stats.spans))

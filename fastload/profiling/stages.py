@@ -15,7 +15,6 @@ Collation is timed on a whole batch with the loader's ``collate_fn``. Each runne
 from __future__ import annotations
 
 import io
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -74,8 +73,7 @@ def stage_label(ds: Any, stage: str) -> str:
 
 class FieldStages:
     """One fastload field pipeline over ``get_raw(i)`` / ``get_size(i)``, run as the loader runs it
-    (``run_into``), each stage timed by the pipeline's own hooks (:class:`fastload.ops.timing.StageTimes`);
-    the CPU time of the call is split over its stages in proportion to their wall time."""
+    (``run_into``), each stage timed by the pipeline's own hooks (:class:`fastload.ops.timing.StageTimes`)."""
 
     def __init__(self, pipe: Any, get_raw: Callable[[int], Any], get_size: Callable[[int], Any],
                  prefix: str = "", seed: int = 0):
@@ -96,11 +94,10 @@ class FieldStages:
         size = self.get_size(i)
         clock.lap(self.prefix + READ, "read")
         times = StageTimes()
-        w0, c0 = time.perf_counter(), time.thread_time()
         self.pipe.run_into(raw, size, self._out(raw, size), self.rng, times)
-        ratio = (time.thread_time() - c0) / max(time.perf_counter() - w0, 1e-12)
         for stage, _, sec in times.laid_out(0.0):
-            clock.add(pipeline_stage_label(self.pipe, stage, self.prefix), sec, sec * ratio, stage_kind(stage))
+            clock.add(pipeline_stage_label(self.pipe, stage, self.prefix), sec, times.cpu_seconds[stage],
+                      stage_kind(stage))
         clock.begin()
 
     def run_fused(self, i: int) -> None:

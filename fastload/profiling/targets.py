@@ -89,9 +89,8 @@ class MapDatasetTarget(Target):
 def loader_stage_costs(ds: Any, batch_size: int, seed: int, seconds: float, min_batches: int = 2) -> tuple[dict, dict]:
     """Per-sample cost of each stage of a ``ShardDataset``, as the loader's own stages time themselves:
     ``fastload.DataLoader(num_workers=0)`` runs for ``seconds`` in this thread, the stages record their wall
-    time (read, decode, augment, callables) and what is left of the loop is batch assembly. The thread's CPU
-    time over the run splits in the same proportions (the CPU-time column; wall time that is not CPU time
-    is waiting). Returns ``(stages, fused)`` as :func:`measure_stages` / :func:`measure_total` do."""
+    and CPU time (read, decode, augment, callables) and what is left of the loop is batch assembly (wall time
+    that is not CPU time is waiting: storage, a simulated device). Returns ``(stages, fused)`` as :func:`measure_stages` / :func:`measure_total` do."""
     import time
     from fastload.loader import DataLoader
     from . import loader_stats
@@ -116,14 +115,12 @@ def loader_stage_costs(ds: Any, batch_size: int, seed: int, seconds: float, min_
         shutdown(it)
         restore()
     n = max(samples, 1)
-    cpu_per_wall = cpu / max(wall, 1e-12)
-    rows = [(stage_label(ds, stage), kind, sec) for stage, kind, sec in
-            ((st, loader_stats.stage_kind(st), sec) for st, sec in times.sample_stages().items())]
-    rows.append(("collate (in place; labels from the index)", "collate",
-                 max(wall - sum(sec for _, _, sec in rows), 0.0)))
-    total_cpu = sum(sec for _, _, sec in rows) * cpu_per_wall or 1e-12
-    stage_list = [{"name": name, "kind": kind, "wall_ms": sec / n * 1e3, "cpu_ms": sec * cpu_per_wall / n * 1e3,
-                   "share": sec * cpu_per_wall / total_cpu} for name, kind, sec in rows]
+    rows = [(stage_label(ds, st), loader_stats.stage_kind(st), w, c) for st, (w, c) in times.sample_stages().items()]
+    rows.append(("collate (in place; labels from the index)", "collate",   # the rest of the loop: batch assembly
+                 max(wall - sum(r[2] for r in rows), 0.0), max(cpu - sum(r[3] for r in rows), 0.0)))
+    total_cpu = sum(r[3] for r in rows) or 1e-12
+    stage_list = [{"name": name, "kind": kind, "wall_ms": w / n * 1e3, "cpu_ms": c / n * 1e3, "share": c / total_cpu}
+                  for name, kind, w, c in rows]
     stages = {"samples": samples, "stages": stage_list, "source": "loader.stats (the stages' own timings)",
               "wall_ms": wall / n * 1e3, "cpu_ms": cpu / n * 1e3}
     return stages, {"samples": samples, "wall_ms": wall / n * 1e3, "cpu_ms": cpu / n * 1e3}
