@@ -24,6 +24,7 @@ from fastload import ops
 from fastload.demo_data import make_photo_imagefolder
 from fastload.profiling import ProfileReport, ThrottledReader, validate_trace
 from fastload.profiling import profile as run_profile
+from fastload.profiling.verdict import Bound, Resource
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"image": [ops.DecodeRandomResizedCrop(64), ops.RandomHorizontalFlip()]}
@@ -111,16 +112,17 @@ def test_decode_bound_on_big_jpegs(big_ds, tmp_path):
 
 def test_transfer_bound_simulated_and_labelled(small_ds):
     ds = fastload.ShardDataset(small_ds, transforms=SMALL)
-    rep = run_profile(ds, transfer_gbps=0.005, batch_size=16, workers=[1], steps=12, **FAST)
+    rep = run_profile(ds, transfer_gbps=0.0025, batch_size=16, workers=[1], steps=12, **FAST)
     v = rep.verdict
     assert v.bound == "transfer", rep.text()
     assert "SIMULATED" in v.headline and "no GPU" in v.headline
     assert rep.verdict.ceilings["transfer"].simulated is True
     copy = rep.stall["copy"]
-    assert copy["simulated"] and 0.003 < copy["gb_s"] < 0.0055
-    # the step received what the copy allows: ~12 KB per sample at 5 MB/s is ~400 samples/s
+    assert copy["simulated"] and 0.0015 < copy["gb_s"] < 0.00275
+    # the step received what the copy allows: ~12 KB per sample at 2.5 MB/s is ~200 samples/s, well under
+    # what the CPU left by other processes allows
     assert rep.stall["samples_s"] <= 1.25 * _ceil(rep, "transfer")
-    assert _ceil(rep, "transfer") < 0.3 * _ceil(rep, "cpu")
+    assert _ceil(rep, "transfer") < 0.5 * _ceil(rep, "cpu")
     text = rep.text()
     assert "no CUDA" in text and "SIMULATED copy" in text
     assert any("simulated copy rate" in a for a in v.actions)
@@ -247,10 +249,12 @@ def test_cli_json_files_and_plot(small_ds, tmp_path, capsys):
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["profile", str(small_ds), "--json", "--out", str(tmp_path / "p"), "--size", "64",
                               "--batch-size", "8", "--workers", "0,1", "--prefetch", "2", "--seconds", "0.5",
-                              "--steps", "4", "--step-ms", "5", "-q"])
+                              "--steps", "4", "--step-ms", "5", "--pipeline", "center", "-q"])
     assert args.func(args) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["verdict"]["bound"] and report["stall"]["steps"] == 4
+    assert report["verdict"]["bound"] in {b.value for b in Bound} and report["stall"]["steps"] == 4
+    assert report["target"]["pipeline_name"].startswith("center: ")       # the report says which pipeline ran
+    assert report["target"]["pipeline"]["image"].startswith("DecodeCenterCrop(size=(64, 64)")
     assert report["storage"]["cold"]     # measured, or skipped with the reason
     for name in ("report.txt", "report.json", "trace.json"):
         assert (tmp_path / "p" / name).stat().st_size > 0
@@ -259,3 +263,29 @@ def test_cli_json_files_and_plot(small_ds, tmp_path, capsys):
     png = (tmp_path / "p" / "profile.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     assert run is args.func
+
+
+def test_pipeline_choice_and_user_callables_are_profiled(small_ds):
+    only_cpu = dict(batch_size=8, size=48, steps=0, sweep=False, storage=False, **FAST)
+    rep = run_profile(small_ds, pipeline="decode", **only_cpu)
+    assert rep.target["pipeline_name"].startswith("decode: ")
+    assert "pipeline  decode: full-size decode" in rep.text()
+    assert [s["kind"] for s in rep.cpu["stages"]] == ["read", "decode", "augment", "collate"]
+    with pytest.raises(ValueError, match="unknown pipeline 'crop'.*rrc, center, decode"):
+        run_profile(small_ds, pipeline="crop", **only_cpu)
+    with pytest.raises(ValueError, match="applies to a dataset path"):
+        run_profile(fastload.ShardDataset(small_ds, transforms=SMALL), pipeline="rrc", **only_cpu)
+
+    def jitter(x):                       # a user's own augmentation, after the fused crop: 2 ms CPU a sample
+        end = time.thread_time() + 0.002
+        while time.thread_time() < end:
+            pass
+        return x.flip(-1)
+    ds = fastload.ShardDataset(small_ds, transforms={"image": [*SMALL["image"], jitter, ops.ToDtype(torch.float32)]})
+    rep = run_profile(ds, **only_cpu)
+    assert rep.target["pipeline_name"] == "the dataset's own transforms"
+    rows = {s["kind"]: s for s in rep.cpu["stages"] if s["name"].startswith("callables: ")}
+    row = rows["augment"]
+    assert "jitter" in row["name"] and "ToDtype" in row["name"]
+    assert row["cpu_ms"] > 1.0 and row["share"] > 0.5          # the callables' time, measured by their stage
+    assert rep.verdict.bound is Bound.AUGMENT and rep.verdict.resource is Resource.CPU, rep.text()
