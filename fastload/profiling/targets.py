@@ -262,6 +262,12 @@ class ImageFolderTarget(MapDatasetTarget):
         self.paths = [p for p, _ in self.ds.samples]
         self._sizes: dict[int, tuple[int, int]] = {}
 
+    @staticmethod
+    def _tv() -> str:
+        from .imagefolder import torchvision_version
+        v = torchvision_version()
+        return f"torchvision {v}" if v else "torchvision-style (re-stated: torchvision is not installed)"
+
     def _size(self, i: int) -> tuple[int, int]:
         s = self._sizes.get(i)
         if s is None:
@@ -283,7 +289,7 @@ class ImageFolderTarget(MapDatasetTarget):
         out = {"kind": self.kind, "path": str(self.root), "records": n, "files": n, "bytes": total,
                "classes": len(self.ds.classes), "batch_size": self.batch_size,
                "pipeline": {"image": repr(self.ds.transform)}, "record_kb": total / max(n, 1) / 1e3,
-               "pipeline_name": f"PIL + torchvision-style RandomResizedCrop training transforms; fastload's ops "
+               "pipeline_name": f"PIL + {self._tv()} RandomResizedCrop training transforms; fastload's ops "
                                 f"compared on the same files: {self.named.name} ({self.named.what})",
                "output_shape": [self.size, self.size, 3], "random_crop": True}
         if sizes:
