@@ -145,7 +145,8 @@ class ShardDataset(torch.utils.data.Dataset):
     # --- whole batches (fastload's fast path) -----------------------------------------------------------
     def sample_spec(self) -> list[tuple[str, tuple, np.dtype]] | None:
         """Per-field output (name, per-sample shape, dtype), or None if some field cannot be batched in place
-        (variable-size images, bytes, JSON)."""
+        (variable-size images, bytes, JSON). An image field is HWC, ``(H, W, 3)`` uint8, as the fastload ops
+        write it; with callables it is what they returned for the first record (a CHW tensor's shape)."""
         spec = []
         for f in self.fields:
             kind = self.kinds[f]

@@ -63,16 +63,22 @@ def run_callables(stage: list[TensorTransform], x: Any, seed: int) -> Any:
     """Run ``stage`` on ``x`` with torch's CPU RNG seeded to ``seed``; the caller's RNG state is kept.
     A callable that raises is reported as a :class:`TransformError` naming it (its error chained)."""
     import torch
+    if not any(t.random for t in stage):     # conversions only: no RNG to seed or restore
+        return _run(stage, x)
     state = torch.random.get_rng_state()
     try:
         torch.random.manual_seed(seed)
-        for t in stage:
-            try:
-                x = t(x)
-            except Exception as e:
-                raise TransformError(f"transform {t!r} failed: {type(e).__name__}: {e}") from e
+        return _run(stage, x)
     finally:
         torch.random.set_rng_state(state)
+
+
+def _run(stage: list[TensorTransform], x: Any) -> Any:
+    for t in stage:
+        try:
+            x = t(x)
+        except Exception as e:
+            raise TransformError(f"transform {t!r} failed: {type(e).__name__}: {e}") from e
     return x
 
 
