@@ -164,7 +164,11 @@ def _report(storage_rps=None, cpu_s=None, loader=None, demand=None, stall=None, 
 
 
 def test_verdict_rules():
-    assert decide(_report(storage_rps=5000, cpu_s=1000, loader=950)).bound == "decode"
+    v = decide(_report(storage_rps=5000, cpu_s=1000, loader=950))
+    assert v.bound is Bound.DECODE and v.resource is Resource.CPU and isinstance(v, Verdict)
+    assert v.to_dict()["bound"] == "decode" and v.to_dict()["ceilings"]["cpu"]["samples_s"] == 1000
+    with pytest.raises(ValueError, match="decod"):      # a stage kind nobody knows is an error, not "unknown"
+        decide(_report(storage_rps=5000, cpu_s=1000, loader=950, top="decod"))
     assert decide(_report(storage_rps=300, cpu_s=1000, loader=290)).bound == "storage"
     assert decide(_report(storage_rps=5000, cpu_s=1000, loader=950, top="augment")).bound == "augment"
     assert decide(_report(storage_rps=5000, cpu_s=1000, loader=950, top="normalize")).bound == "normalize"

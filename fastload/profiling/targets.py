@@ -22,7 +22,7 @@ import torch
 from fastload.dataset import ShardDataset
 
 from .pipelines import DEFAULT, NamedPipeline, named
-from .cpu import cpu_ceiling, measure_stages, measure_total, usable_cores
+from .cpu import StageKind, cpu_ceiling, measure_stages, measure_total, usable_cores
 from .stages import DatasetStages, FieldStages
 from .storage import DatasetRecords, FileRecords
 
@@ -119,7 +119,7 @@ def loader_stage_costs(ds: Any, batch_size: int, seed: int, seconds: float, min_
     rows.append(("collate (in place; labels from the index)", "collate",   # the rest of the loop: batch assembly
                  max(wall - sum(r[2] for r in rows), 0.0), max(cpu - sum(r[3] for r in rows), 0.0)))
     total_cpu = sum(r[3] for r in rows) or 1e-12
-    stage_list = [{"name": name, "kind": kind, "wall_ms": w / n * 1e3, "cpu_ms": c / n * 1e3, "share": c / total_cpu}
+    stage_list = [{"name": name, "kind": StageKind(kind).value, "wall_ms": w / n * 1e3, "cpu_ms": c / n * 1e3, "share": c / total_cpu}
                   for name, kind, w, c in rows]
     stages = {"samples": samples, "stages": stage_list, "source": "loader.stats (the stages' own timings)",
               "wall_ms": wall / n * 1e3, "cpu_ms": cpu / n * 1e3}

@@ -28,6 +28,8 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 
+from .cpu import StageKind
+
 STALL_OK = 10.0        # % data stall under which the step, not the data, is the bottleneck
 LOADER_SHORT = 0.6     # loader throughput under this fraction of the lowest ceiling: the loader is the bound
 
@@ -66,8 +68,9 @@ class Resource(str, Enum):
         return self.value
 
 
-CPU_KINDS = {"decode": Bound.DECODE, "augment": Bound.AUGMENT, "normalize": Bound.NORMALIZE,
-             "convert": Bound.CONVERT, "collate": Bound.COLLATE, "read": Bound.READ, "fetch": Bound.FETCH}
+CPU_KINDS = {StageKind.DECODE: Bound.DECODE, StageKind.AUGMENT: Bound.AUGMENT,
+             StageKind.NORMALIZE: Bound.NORMALIZE, StageKind.CONVERT: Bound.CONVERT,
+             StageKind.COLLATE: Bound.COLLATE, StageKind.READ: Bound.READ, StageKind.FETCH: Bound.FETCH}
 
 
 @dataclass
@@ -299,7 +302,7 @@ def decide(report: dict) -> Verdict:
         _transfer(report, c, lim, supply, v)
     else:
         top = top_cpu_stage(report)
-        v.set(CPU_KINDS.get(top["kind"], Bound.DECODE) if top else Bound.DECODE, Resource.CPU)
+        v.set(CPU_KINDS[StageKind(top["kind"])] if top else Bound.DECODE, Resource.CPU)
         _cpu(report, c, lim, supply, top, v)
         if supply and supply > 1.25 * lim.samples_s:
             v.evidence.append(f"the loader ({_f(supply)}/s) beat the CPU ceiling ({_f(lim.samples_s)}/s): the "
