@@ -291,7 +291,13 @@ def decide(report: dict) -> Verdict:
     if nxt:
         v.next = NextLimit(nxt[1], nxt[0])
         v.factor = nxt[0] / lim.samples_s
-    if supply and supply < LOADER_SHORT * lim.samples_s:
+    loader_short = bool(supply) and supply < LOADER_SHORT * lim.samples_s
+    copy = stall.get("copy")
+    if loader_short and "loader" not in c and copy and stall.get("demand_s"):
+        # no sweep: what the step received is not the loader's own rate; the stall run's split of each wait
+        # says whether the step waited on the loader or on the copy
+        loader_short = copy["loader_wait_ms_per_step"] > copy["exposed_ms_per_step"]
+    if loader_short:
         v.set(Bound.LOADER, Resource.LOADER)
         _loader(report, c, name, lim, supply, v)
     elif name == "storage":
