@@ -18,7 +18,8 @@ SAMPLE_STAGES = (READ, DECODE, AUGMENT, CALLABLES)
 BATCH_STAGES = ("read+decode+augment", "fetch+collate")
 WRITE = "write-to-slot"              # the generic path's copy of a collated batch into its slot
 CONSUMER_WAIT = "wait-for-batch"     # the main process waiting for the next batch
-MAIN_STAGES = (CONSUMER_WAIT,)
+TRANSFER = "transfer"                # the main process starting a batch's copy to the device
+MAIN_STAGES = (CONSUMER_WAIT, TRANSFER)
 
 
 @dataclass
