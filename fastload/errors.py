@@ -46,3 +46,8 @@ class WorkerError(FastloadError, RuntimeError):
 
 class SharedMemoryError(FastloadError, MemoryError):
     """The shared-memory ring cannot be allocated (e.g. /dev/shm too small); says how much is needed."""
+
+
+class TransformError(FastloadError):
+    """A callable in ``transforms=`` failed, or returned what the batch cannot hold (another shape or dtype
+    than the one declared from the first record); names the callable, and the field and sample when known."""
