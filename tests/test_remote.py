@@ -53,6 +53,8 @@ def _ds(url, cache, **kw):
 def _batches(ds, n=None, **kw):
     kw.setdefault("batch_size", 8)
     kw.setdefault("seed", 3)
+    if "order" not in kw:
+        kw.setdefault("shuffle", True)
     loader = fastload.DataLoader(ds, **kw)
     out = []
     for i, (x, y) in enumerate(loader):
@@ -79,7 +81,167 @@ def test_http_opens_with_tail_reads_only(local_ds, http_server, tmp_path):
     assert len(ds) == len(local)
     x, y = ds[7]
     assert y == local[7][1]
-    assert torch.equal(ds.reader.column("label") if False else torch.as_tensor(ds.reader.column("label")),
-                       torch.as_tensor(local.reader.column("label")))
+    assert np.array_equal(ds.reader.column("label"), local.reader.column("label"))
     # raw bytes identical (the block was fetched, crc-checked)
     assert bytes(ds.reader.get(42, "image")) == bytes(local.reader.get(42, "image"))
+
+
+def test_http_loader_epoch_workers_and_exact_resume_from_cold_cache(local_ds, http_server, tmp_path):
+    url = f"{http_server.url}/ds"
+    ds = _ds(url, tmp_path / "c1")
+    full, loader = _batches(ds, num_workers=2)
+    n = len(ds)
+    labels = torch.cat([y for _, y in full])
+    local = fastload.ShardDataset(local_ds, transforms=TF)
+    # every sample exactly once (block order, shuffled)
+    assert len(labels) == n
+    assert sorted(labels.tolist()) == sorted(np.asarray(local.reader.column("label")).tolist())
+    assert loader.stats.order.blocks > 10 and loader.stats.order.neighbour_ratio > 0.2
+    # the same run again from a cold cache in another directory: byte-identical batches
+    again, _ = _batches(_ds(url, tmp_path / "c2"), num_workers=2)
+    _same(full, again)
+    # save after 3 batches, resume in a new loader over a third, cold cache
+    ds3 = _ds(url, tmp_path / "c3")
+    loader3 = fastload.DataLoader(ds3, batch_size=8, shuffle=True, seed=3, num_workers=2)
+    it = iter(loader3)
+    for _ in range(3):
+        next(it)
+    state = loader3.state_dict()
+    del it
+    ds4 = _ds(url, tmp_path / "c4")
+    loader4 = fastload.DataLoader(ds4, batch_size=8, shuffle=True, seed=3, num_workers=2)
+    loader4.load_state_dict(state)
+    rest = [(x.clone(), y.clone()) for x, y in loader4]
+    _same(full[3:], rest)
+
+
+def test_local_block_order_reads_ahead_and_matches_remote_order(local_ds, http_server, tmp_path):
+    local = fastload.ShardDataset(local_ds, transforms=TF, block_bytes=BLOCK)
+    a, loader = _batches(local, order="block", num_workers=0)
+    b, _ = _batches(_ds(f"{http_server.url}/ds", tmp_path / "c"), order="block", num_workers=0)
+    _same(a, b)       # same blocks -> same order and augmentations, local or remote
+    assert loader.stats.order.same_block > 0.0
+
+
+@pytest.fixture(scope="module")
+def s3(local_ds):
+    server = S3Server()
+    server.make_bucket("bkt")
+    yield server
+    server.close()
+
+
+def test_s3_convert_upload_inspect_verify_and_load(photo_folder, local_ds, s3, tmp_path):
+    from fastload.cli import main
+    opts = s3.options()
+    import json
+    so = json.dumps(opts)
+    assert main(["convert", str(photo_folder), "s3://bkt/photos", "--shard-size", "300KB", "--workers", "0",
+                 "-q", "--storage-options", so]) == 0
+    import s3fs
+    fs = s3fs.S3FileSystem(**opts)
+    names = sorted(p.rsplit("/", 1)[1] for p in fs.ls("bkt/photos"))
+    assert "manifest.json" in names and sum(n.endswith(".fls") for n in names) >= 2
+    env = {**os.environ, "FASTLOAD_CACHE_DIR": str(tmp_path / "cli-cache")}
+    out = subprocess.run([sys.executable, "-m", "fastload.cli", "inspect", "s3://bkt/photos", "--json",
+                          "--storage-options", so], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["records"] == 40
+    out = subprocess.run([sys.executable, "-m", "fastload.cli", "verify", "s3://bkt/photos", "-q",
+                          "--storage-options", so], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
+    # a real DataLoader with workers over s3:// equals the same pipeline over the local conversion
+    local = tmp_path / "local"
+    fastload.convert(photo_folder, local, shard_size="300KB", workers=0, progress=False)
+    a, _ = _batches(_ds("s3://bkt/photos", tmp_path / "c", storage_options=opts), num_workers=2)
+    b, _ = _batches(fastload.ShardDataset(local, transforms=TF, block_bytes=BLOCK), order="block",
+                    num_workers=0)
+    _same(a, b)
+    # a corrupted remote record is caught by its crc32 and named
+    key = next(n for n in names if n.endswith(".fls"))
+    raw = bytearray(fs.cat_file(f"bkt/photos/{key}"))
+    raw[200:210] = b"XXXXXXXXXX"
+    fs.pipe_file(f"bkt/photos/{key}", bytes(raw))
+    out = subprocess.run([sys.executable, "-m", "fastload.cli", "verify", "s3://bkt/photos", "-q",
+                          "--storage-options", so], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 1 and key in out.stdout and "checksum mismatch" in out.stdout
+
+
+def test_missing_backend_names_the_extra(tmp_path):
+    import importlib.util
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed")
+    with pytest.raises(StorageError, match=r"gcsfs.*fastload\[gcs\]"):
+        fastload.ShardDataset("gs://bucket/data", cache_dir=tmp_path)
+
+
+def test_not_a_dataset_url(http_server, tmp_path):
+    with pytest.raises(FormatError, match="no manifest.json"):
+        _ds(f"{http_server.url}/nothing-here", tmp_path / "c", retry=None) if False else \
+            _ds(f"{http_server.url}/nothing-here", tmp_path / "c")
+
+
+def test_eviction_under_a_limit_smaller_than_the_dataset(local_ds, http_server, tmp_path):
+    total = sum(p.stat().st_size for p in local_ds.glob("*.fls"))
+    limit = int(total * 0.6)
+    cache = tmp_path / "c"
+    ds = _ds(f"{http_server.url}/ds", cache, cache_limit=limit)
+    peak = [0]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], disk_usage(cache))
+            time.sleep(0.005)
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        loader = fastload.DataLoader(ds, batch_size=4, shuffle=True, seed=5, num_workers=2, prefetch_factor=1)
+        for epoch in range(2):
+            labels = torch.cat([y for _, y in loader])
+            assert sorted(labels.tolist()) == sorted(np.asarray(ds.reader.column("label")).tolist())
+    finally:
+        stop.set()
+        t.join()
+    assert 0 < peak[0] <= limit
+    present = np.fromfile(next(cache.glob("*/present")), np.uint8)
+    assert 0 < present.sum() < len(present)     # some blocks were evicted, some kept
+
+
+def test_cache_limit_too_small_is_refused_with_the_numbers(http_server, tmp_path):
+    ds = _ds(f"{http_server.url}/ds", tmp_path / "c", cache_limit="200KB")
+    loader = fastload.DataLoader(ds, batch_size=8, shuffle=True, num_workers=0)
+    with pytest.raises(FastloadError, match=r"cache_limit of 200,000 bytes is too small.*at least [0-9,]+ bytes"):
+        next(iter(loader))
+
+
+def test_faults_retried_batches_identical(local_ds, http_server, tmp_path):
+    clean, _ = _batches(_ds(f"{http_server.url}/ds", tmp_path / "c0"), num_workers=2)
+    proxy = FaultProxy(http_server.url, Faults(drop=0.08, error503=0.08, truncate=0.08, latency=0.002, seed=1))
+    try:
+        faulty, _ = _batches(_ds(f"{proxy.url}/ds", tmp_path / "c1"), num_workers=2)
+        assert proxy.injected.requests > 0
+    finally:
+        proxy.close()
+    _same(clean, faulty)
+
+
+def test_outage_mid_epoch_raises_naming_url_shard_block(local_ds, http_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTLOAD_RETRY_DEADLINE", "3")
+    monkeypatch.setenv("FASTLOAD_REQUEST_TIMEOUT", "2")
+    proxy = FaultProxy(http_server.url)
+    try:
+        ds = _ds(f"{proxy.url}/ds", tmp_path / "c", cache_limit="2.5MB")
+        loader = fastload.DataLoader(ds, batch_size=4, shuffle=True, seed=1, num_workers=2, prefetch_factor=1)
+        it = iter(loader)
+        next(it)
+        proxy.faults.outage = True
+        t0 = time.monotonic()
+        with pytest.raises(FastloadError) as e:
+            for _ in it:
+                pass
+        assert time.monotonic() - t0 < 30
+        msg = str(e.value)
+        assert proxy.url in msg and ".fls" in msg and "block" in msg, msg
+    finally:
+        proxy.close()

@@ -283,6 +283,7 @@ class BlockCache:
         self._present_fd = os.open(self.dir / "present", os.O_RDWR)
         self._stamp_fd = os.open(self.dir / "fetched", os.O_RDWR)
         self._lock_fd = os.open(self.dir / "locks", os.O_RDWR | os.O_CREAT, 0o644)
+        self._failed_fd = os.open(self.dir / "failed", os.O_RDWR | os.O_CREAT, 0o644)
         self.present = mmap.mmap(self._present_fd, len(table), access=mmap.ACCESS_READ) if len(table) else b""
         self._fds: dict[int, int] = {}
         self.fetched = 0          # blocks this process downloaded
@@ -305,7 +306,19 @@ class BlockCache:
         with _file_lock(self._lock_fd, _block_lock(self.key, block), block):
             if self.present[block] == 1:
                 return False
-            self._fetch(block, next_use)
+            raw = os.pread(self._failed_fd, 8, block * 8)
+            failed_at = float(np.frombuffer(raw, np.float64)[0]) if len(raw) == 8 else 0.0
+            if time.time() - failed_at < self.policy.deadline:
+                # another process just spent a whole retry deadline on it: fail now, not one deadline later
+                k = int(self.table.shard[block])
+                raise StorageError(f"the storage did not deliver this block for {self.policy.deadline:.0f} s "
+                                   f"({time.time() - failed_at:.0f} s ago, in another process)",
+                                   self.urls[k], self.files[k], block)
+            try:
+                self._fetch(block, next_use)
+            except StorageError:
+                os.pwrite(self._failed_fd, np.float64(time.time()).tobytes(), block * 8)
+                raise
             return True
 
     def _fetch(self, b: int, next_use) -> None:

@@ -45,7 +45,6 @@ def _defaults(proto: str, options: dict, timeout: float) -> dict:
         cfg.setdefault("read_timeout", timeout)
         cfg.setdefault("retries", {"max_attempts": 1})   # fastload retries itself, with a deadline
         opts["config_kwargs"] = cfg
-        opts.setdefault("retries", 1)
     elif proto in ("http", "https"):
         import aiohttp
         ck = dict(opts.get("client_kwargs") or {})

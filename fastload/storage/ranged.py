@@ -16,12 +16,17 @@ from fastload.storage.url import protocol
 _NOT_RETRIED = (FileNotFoundError, PermissionError, IsADirectoryError)
 
 
+def _env(name: str, default: float) -> float:
+    return float(os.environ.get(name) or default)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """``timeout``: seconds per request; ``deadline``: seconds before giving up on one range (all tries);
-    ``backoff``/``max_backoff``: the first and the largest pause between tries (full jitter)."""
-    timeout: float = 10.0
-    deadline: float = 25.0
+    ``backoff``/``max_backoff``: the first and the largest pause between tries (full jitter).
+    Defaults can be set with ``FASTLOAD_REQUEST_TIMEOUT`` and ``FASTLOAD_RETRY_DEADLINE`` (seconds)."""
+    timeout: float = field(default_factory=lambda: _env("FASTLOAD_REQUEST_TIMEOUT", 10.0))
+    deadline: float = field(default_factory=lambda: _env("FASTLOAD_RETRY_DEADLINE", 25.0))
     backoff: float = 0.1
     max_backoff: float = 2.0
 
