@@ -245,3 +245,65 @@ def test_outage_mid_epoch_raises_naming_url_shard_block(local_ds, http_server, t
         assert proxy.url in msg and ".fls" in msg and "block" in msg, msg
     finally:
         proxy.close()
+
+
+def test_block_order_ranks_get_whole_blocks_and_resume_on_another_world_size():
+    from fastload.loader.block_order import BlockOrder
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 9, 60)
+    stop = np.cumsum(sizes)
+    first = stop - sizes
+    n = int(stop[-1])
+    orders = [BlockOrder(n, first, stop, r, 3, seed=4) for r in range(3)]
+    streams = [o._remaining_array() for o in orders]
+    assert len({len(s) for s in streams}) == 1
+    block = np.searchsorted(stop, np.arange(n), side="right")
+    owners = {}
+    for r, s in enumerate(streams):
+        for b in np.unique(block[s]).tolist():
+            owners.setdefault(b, set()).add(r)
+    shared = [b for b, rs in owners.items() if len(rs) > 1]
+    assert len(shared) <= 3                     # only the padding (each rank's own head) is shared
+    assert set(np.concatenate(streams).tolist()) == set(range(n))
+    # interrupted after each rank consumed c samples on 3 ranks; resumed on 2
+    c = 40
+    done = np.concatenate([s[:c] for s in streams])
+    later = []
+    for r in range(2):
+        o = BlockOrder(n, first, stop, r, 2, seed=4)
+        o.start = c * 3
+        o.restore({"seed": 4, "world_size": 3})
+        later.append(o._remaining_array())
+    assert len(later[0]) == len(later[1])
+    glob = orders[0].global_order_array()
+    rest = glob[c * 3:]
+    assert sorted(np.concatenate(later).tolist())[:len(rest)] == sorted(rest.tolist()) or \
+        set(np.concatenate(later).tolist()) == set(rest.tolist())
+    assert set(done.tolist()) | set(np.concatenate(later).tolist()) == set(range(n))
+    # same world size: each rank continues its own stream exactly
+    o = BlockOrder(n, first, stop, 1, 3, seed=4)
+    o.start = c * 3
+    o.restore({"seed": 4, "world_size": 3})
+    assert np.array_equal(o._remaining_array(), streams[1][c:])
+
+
+def test_torchrun_two_ranks_share_one_cache_each_block_downloaded_once(local_ds, http_server, tmp_path):
+    import json
+    proxy = FaultProxy(http_server.url)
+    out = tmp_path / "out.json"
+    try:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(Path(__file__).parent / "remote_rank.py"), f"{proxy.url}/ds", str(tmp_path / "cache"), str(out)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                            os.environ.get("PYTHONPATH", "")])}
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        got = json.loads(out.read_text())
+        data = sum(p.stat().st_size for p in local_ds.glob("*.fls"))
+        assert proxy.counters.bytes <= 1.05 * data
+    finally:
+        proxy.close()
+    idx = [set(g["indices"]) for g in got]
+    n = len(fastload.ShardDataset(local_ds))
+    assert idx[0] | idx[1] == set(range(n))
+    assert len(idx[0] & idx[1]) <= 2 * 8     # padding only
