@@ -176,9 +176,10 @@ def test_missing_backend_names_the_extra(tmp_path):
 
 
 def test_not_a_dataset_url(http_server, tmp_path):
+    t0 = time.monotonic()
     with pytest.raises(FormatError, match="no manifest.json"):
-        _ds(f"{http_server.url}/nothing-here", tmp_path / "c", retry=None) if False else \
-            _ds(f"{http_server.url}/nothing-here", tmp_path / "c")
+        _ds(f"{http_server.url}/nothing-here", tmp_path / "c")
+    assert time.monotonic() - t0 < 5      # a 404 is an answer: not retried
 
 
 def test_eviction_under_a_limit_smaller_than_the_dataset(local_ds, http_server, tmp_path):
@@ -231,7 +232,7 @@ def test_outage_mid_epoch_raises_naming_url_shard_block(local_ds, http_server, t
     monkeypatch.setenv("FASTLOAD_REQUEST_TIMEOUT", "2")
     proxy = FaultProxy(http_server.url)
     try:
-        ds = _ds(f"{proxy.url}/ds", tmp_path / "c", cache_limit="2.5MB")
+        ds = _ds(f"{proxy.url}/ds", tmp_path / "c")
         loader = fastload.DataLoader(ds, batch_size=4, shuffle=True, seed=1, num_workers=2, prefetch_factor=1)
         it = iter(loader)
         next(it)
@@ -307,3 +308,54 @@ def test_torchrun_two_ranks_share_one_cache_each_block_downloaded_once(local_ds,
     n = len(fastload.ShardDataset(local_ds))
     assert idx[0] | idx[1] == set(range(n))
     assert len(idx[0] & idx[1]) <= 2 * 8     # padding only
+
+
+def _job(url, cache, limit, seed, out) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, str(Path(__file__).parent / "remote_job.py"), url, str(cache),
+                             str(limit), str(seed), str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _check_present_blocks(cache: Path, local_ds: Path) -> int:
+    """Every block marked present holds exactly the original bytes of its records; returns how many."""
+    import zlib
+    from fastload.formats import ShardReader
+    d = next(p for p in cache.iterdir() if p.is_dir() and not p.name.startswith("."))
+    present = np.fromfile(d / "present", np.uint8)
+    z = np.load(d / "blocks.npz")
+    import json
+    files = json.loads((d / "remote.json").read_text())["files"]
+    for b in np.flatnonzero(present).tolist():
+        k = int(z["shard"][b])
+        with ShardReader(d / files[k]) as r:
+            base = int(z["first"][b]) - int(z["first"][np.searchsorted(z["shard"], k)])
+            for i in range(base, base + int(z["stop"][b] - z["first"][b])):
+                assert zlib.crc32(r.record_bytes(i)) == int(r.index["_crc32"][i]), (files[k], i)
+    return int(present.sum())
+
+
+def test_two_jobs_share_a_cache_and_ctrl_c_leaves_it_consistent(local_ds, http_server, tmp_path):
+    import json
+    import signal
+    total = sum(p.stat().st_size for p in local_ds.glob("*.fls"))
+    want = sorted(np.asarray(fastload.ShardDataset(local_ds).reader.column("label")).tolist())
+    proxy = FaultProxy(http_server.url, Faults(bandwidth=3e6))
+    cache = tmp_path / "shared"
+    try:
+        url = f"{proxy.url}/ds"
+        jobs = [_job(url, cache, int(total * 0.9), seed, tmp_path / f"j{seed}.json") for seed in (1, 2)]
+        victim = _job(url, cache, int(total * 0.9), 3, tmp_path / "victim.json")
+        time.sleep(3.0)
+        victim.send_signal(signal.SIGINT)          # Ctrl-C in the middle of its epoch
+        victim.wait(timeout=60)
+        for j in jobs:
+            out, err = j.communicate(timeout=240)
+            assert j.returncode == 0, err[-3000:]
+    finally:
+        proxy.close()
+    for seed in (1, 2):
+        assert sorted(json.loads((tmp_path / f"j{seed}.json").read_text())) == want
+    assert _check_present_blocks(cache, local_ds) > 0
+    assert disk_usage(cache) <= int(total * 0.9)

@@ -23,7 +23,7 @@ import torch
 
 from .order import DistributedOrder
 
-ADVANCE_EVERY = 64     # positions between read-ahead notifications
+MAX_STEP = 64     # most positions between read-ahead notifications (about one block's samples)
 
 
 @dataclass
@@ -60,12 +60,12 @@ def _philox(*words: int) -> np.random.Generator:
 class BlockOrder(DistributedOrder):
     """A rank's share of the block-shuffled order (see the module doc). ``first``/``stop``: each block's
     global record range. ``read_ahead(sequence, behind)``: started at each pass with the indices it will
-    draw; told how far the pass has drawn; closed at its end. ``behind``: samples drawn but maybe not yet
+    draw and the notification step; told how far the pass has drawn; closed at its end. ``behind``: samples drawn but maybe not yet
     read (batches in flight), whose blocks the read-ahead keeps."""
 
     def __init__(self, num_samples: int, first: np.ndarray, stop: np.ndarray, rank: int = 0,
                  world_size: int = 1, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                 window: int = 8, read_ahead: Callable[[np.ndarray, int], Any] | None = None,
+                 window: int = 8, read_ahead: Callable[[np.ndarray, int, int], Any] | None = None,
                  behind: int = 0):
         super().__init__(num_samples, rank, world_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
         if window <= 0:
@@ -145,12 +145,13 @@ class BlockOrder(DistributedOrder):
     def __iter__(self) -> Iterator[int]:
         seq = self._remaining_array()
         self._measure(seq)
-        ra = self.read_ahead(seq, self.behind) if self.read_ahead is not None and len(seq) else None
+        step = int(min(MAX_STEP, max(4, self.n / max(len(self.first), 1))))
+        ra = self.read_ahead(seq, self.behind, step) if self.read_ahead is not None and len(seq) else None
         try:
-            for p in range(0, len(seq), ADVANCE_EVERY):
+            for p in range(0, len(seq), step):
                 if ra is not None:
                     ra.advance(p)
-                yield from seq[p:p + ADVANCE_EVERY].tolist()
+                yield from seq[p:p + step].tolist()
         finally:
             if ra is not None:
                 ra.close()

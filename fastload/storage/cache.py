@@ -7,8 +7,8 @@ start), so the native reader mmaps it and the zero-copy decode path is unchanged
 * ``present``: one byte per block, 1 once every record of the block passed its crc32 and was written; set
   after the bytes, cleared before an eviction punches the block's pages out, so a block written partly (a
   process killed mid-write) or being evicted never counts as present;
-* ``locks``: one byte-range lock per block: the first process to lock a block fetches it, the others wait and
-  find it present (each block is downloaded once per node; a dead process's locks vanish with it).
+* ``locks/<block>``: one lock file per block: the first process to lock a block fetches it, the others wait
+  and find it present (each block is downloaded once per node; a dead process's locks vanish with it).
 
 Cache-wide (``<cache_dir>/``): ``.reserve.lock`` serialises space reservations; ``.inflight/`` holds the bytes
 reserved by fetches in progress; ``.pins/`` the blocks each live loader pins (queued for its coming batches).
@@ -97,13 +97,25 @@ def disk_usage(root: Path) -> int:
 
 
 @contextmanager
-def _file_lock(fd: int, thread_lock: threading.Lock, offset: int = 0) -> Iterator[None]:
-    with thread_lock:                          # record locks are per process: threads need their own
-        fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
+def _file_lock(fd: int, thread_lock: threading.Lock) -> Iterator[None]:
+    """``flock`` (owned by the open file, released when its process dies; no false deadlock reports
+    between threads as with POSIX record locks), plus a thread lock for the other threads sharing ``fd``."""
+    with thread_lock:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _path_lock(path: Path, thread_lock: threading.Lock) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with _file_lock(fd, thread_lock):
+            yield
+    finally:
+        os.close(fd)
 
 
 _block_locks: dict[tuple[str, int], threading.Lock] = {}
@@ -149,16 +161,19 @@ class CacheRoot:
         self._datasets: dict[str, tuple[float, BlockTable, list[str]]] = {}
 
     # -- pins ---------------------------------------------------------------------------------------
-    def write_pins(self, name: str, key: str, blocks: np.ndarray) -> None:
+    def write_pins(self, name: str, key: str, hard: np.ndarray, soft: np.ndarray) -> None:
+        """Publish a loader's pins: ``hard`` blocks are in use (never evicted); ``soft`` ones were read
+        ahead (evicted only to make room for a block someone needs now, never for another read-ahead)."""
         p = self.root / ".pins" / f"{os.getpid()}-{name}.json"
         tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "blocks": [int(b) for b in blocks]}))
+        tmp.write_text(json.dumps({"key": key, "hard": [int(b) for b in hard], "soft": [int(b) for b in soft]}))
         os.replace(tmp, p)
 
     def drop_pins(self, name: str) -> None:
         (self.root / ".pins" / f"{os.getpid()}-{name}.json").unlink(missing_ok=True)
 
-    def pinned(self) -> dict[str, set[int]]:
+    def pinned(self, demand: bool) -> dict[str, set[int]]:
+        """Blocks that may not be evicted, per dataset key (soft pins count unless ``demand``)."""
         out: dict[str, set[int]] = {}
         for f in os.scandir(self.root / ".pins"):
             if not f.name.endswith(".json"):
@@ -171,7 +186,7 @@ class CacheRoot:
                 obj = json.loads(Path(f.path).read_text())
             except (OSError, ValueError):
                 continue
-            out.setdefault(obj["key"], set()).update(obj["blocks"])
+            out.setdefault(obj["key"], set()).update(obj["hard"] if demand else obj["hard"] + obj["soft"])
         return out
 
     # -- space --------------------------------------------------------------------------------------
@@ -189,19 +204,22 @@ class CacheRoot:
         return disk_usage(self.root)
 
     def reserve(self, nbytes: int, key: str, next_use: Callable[[np.ndarray], np.ndarray] | None,
-                deadline: float, what: str) -> Reservation:
+                deadline: float, what: str, demand: bool = True) -> Reservation | None:
         """Make room for ``nbytes`` (evicting unpinned blocks, furthest next use first) and hold it until
-        ``release``. Waits for pinned space to free up until ``deadline``, then raises (never deadlocks)."""
+        ``release``. A ``demand`` fetch waits for pinned space to free up until ``deadline``, then raises
+        (never deadlocks); a read-ahead gets None at once when there is no room."""
         while True:
             with _file_lock(self._fd, self._tlock):
                 over = self.usage() + self._inflight() + nbytes + PAGE * 2 - self.limit
                 if over > 0:
-                    over -= self._evict(over, key, next_use)
+                    over -= self._evict(over, key, next_use, demand)
                 if over <= 0:
                     self._seq += 1
                     p = self.root / ".inflight" / f"{os.getpid()}-{threading.get_ident()}x{self._seq}-{nbytes}"
                     p.touch()
                     return Reservation(p, nbytes)
+            if not demand:
+                return None
             if time.monotonic() > deadline:
                 raise StorageError(f"cache_limit of {self.limit:,} bytes is full of blocks pinned by running "
                                    f"loaders ({self.usage():,} bytes on disk); cannot make room for "
@@ -227,9 +245,10 @@ class CacheRoot:
             hit = self._datasets[key] = (mtime, table, files)
         return hit[1], hit[2]
 
-    def _evict(self, need: int, key: str, next_use: Callable[[np.ndarray], np.ndarray] | None) -> int:
+    def _evict(self, need: int, key: str, next_use: Callable[[np.ndarray], np.ndarray] | None,
+               demand: bool) -> int:
         """Evict unpinned present blocks worth ``need`` bytes; returns the bytes freed."""
-        pins = self.pinned()
+        pins = self.pinned(demand)
         cands = []   # (score: larger goes first, key, block)
         for d in os.scandir(self.root):
             if d.name.startswith(".") or not d.is_dir():
@@ -282,7 +301,7 @@ class BlockCache:
         self.options, self.index_of, self.policy = storage_options, index_of, policy
         self._present_fd = os.open(self.dir / "present", os.O_RDWR)
         self._stamp_fd = os.open(self.dir / "fetched", os.O_RDWR)
-        self._lock_fd = os.open(self.dir / "locks", os.O_RDWR | os.O_CREAT, 0o644)
+        (self.dir / "locks").mkdir(exist_ok=True)
         self._failed_fd = os.open(self.dir / "failed", os.O_RDWR | os.O_CREAT, 0o644)
         self.present = mmap.mmap(self._present_fd, len(table), access=mmap.ACCESS_READ) if len(table) else b""
         self._fds: dict[int, int] = {}
@@ -298,12 +317,13 @@ class BlockCache:
             fd = self._fds[k] = os.open(self.dir / self.files[k], os.O_RDWR)
         return fd
 
-    def ensure(self, block: int, next_use: Callable[[np.ndarray], np.ndarray] | None = None) -> bool:
+    def ensure(self, block: int, next_use: Callable[[np.ndarray], np.ndarray] | None = None,
+               demand: bool = True) -> bool | None:
         """Make ``block`` present (downloading it unless another process has or is); True if this call
-        downloaded it."""
+        downloaded it. A read-ahead (``demand=False``) gets None when the cache has no room for it now."""
         if self.present[block] == 1:
             return False
-        with _file_lock(self._lock_fd, _block_lock(self.key, block), block):
+        with _path_lock(self.dir / "locks" / str(block), _block_lock(self.key, block)):
             if self.present[block] == 1:
                 return False
             raw = os.pread(self._failed_fd, 8, block * 8)
@@ -315,18 +335,19 @@ class BlockCache:
                                    f"({time.time() - failed_at:.0f} s ago, in another process)",
                                    self.urls[k], self.files[k], block)
             try:
-                self._fetch(block, next_use)
+                return self._fetch(block, next_use, demand)
             except StorageError:
                 os.pwrite(self._failed_fd, np.float64(time.time()).tobytes(), block * 8)
                 raise
-            return True
 
-    def _fetch(self, b: int, next_use) -> None:
+    def _fetch(self, b: int, next_use, demand: bool) -> bool | None:
         t = self.table
         k, start, end = int(t.shard[b]), int(t.start[b]), int(t.end[b])
         url = self.urls[k]
         deadline = time.monotonic() + self.policy.deadline
-        r = self.root.reserve(end - start, self.key, next_use, deadline, url)
+        r = self.root.reserve(end - start, self.key, next_use, deadline, url, demand)
+        if r is None:
+            return None
         try:
             from fastload.storage.ranged import read_range
             for attempt in (1, 2):
@@ -342,6 +363,7 @@ class BlockCache:
             os.pwrite(self._present_fd, b"\x01", b)    # only now does the block count
             self.fetched += 1
             self.fetched_bytes += end - start
+            return True
         finally:
             self.root.release(r)
 

@@ -66,10 +66,12 @@ class ReadAhead:
                  concurrency: int = 8, ensure: Callable | None = None,
                  is_present: Callable[[int], bool] | None = None,
                  pins: Callable[[np.ndarray], None] | None = None,
-                 local_files: list[Path] | None = None, on_close: Callable[[], None] | None = None):
+                 local_files: list[Path] | None = None, on_close: Callable[[], None] | None = None,
+                 step: int = 64):
         self.table = table
         self.blocks, self.first, self.last = _plan(table, np.asarray(sequence, dtype=np.int64))
         self.ahead_bytes, self.behind = ahead_bytes, behind
+        self.step = step
         self._lookup = dict(zip(self.blocks.tolist(), zip(self.first.tolist(), self.last.tolist())))
         self._ensure, self._is_present, self._pins = ensure, is_present, pins
         self._files = local_files
@@ -143,13 +145,17 @@ class ReadAhead:
                     pos = self._pos
                 sel = self._window(pos)
                 want = self.blocks[sel]
+                # in use: drawn already, or within the next notification step
+                hard = want[self.first[sel] <= pos + self.step]
                 if self._pins is not None:
-                    key = (int(sel[0]) if len(sel) else -1, len(sel))
+                    key = hash(want.tobytes()) ^ hash(hard.tobytes())
                     if key != published:
-                        self._pins(want)
+                        self._pins(hard, want[self.first[sel] > pos + self.step])
                         published = key
                         self.stats.peak_pinned_bytes = max(self.stats.peak_pinned_bytes,
                                                            int(self.table.nbytes[want].sum()))
+                hard_set = set(hard.tolist())
+                skipped = False
                 for b in want.tolist():
                     if len(running) >= self._concurrency:
                         break
@@ -161,17 +167,22 @@ class ReadAhead:
                     elif self._is_present(b):
                         self._done.add(b)
                     else:
-                        running[self._pool.submit(self._ensure, b, self.next_use)] = b
+                        running[self._pool.submit(self._ensure, b, self.next_use, b in hard_set)] = b
                 if running:
                     finished, _ = concurrent.futures.wait(list(running), timeout=0.05,
                                                           return_when=concurrent.futures.FIRST_COMPLETED)
                     for f in finished:
                         b = running.pop(f)
-                        if f.result():      # raises the fetch's error
+                        got = f.result()      # raises the fetch's error
+                        if got is None:       # no room for a read-ahead now: try again as the order moves
+                            skipped = True
+                            continue
+                        if got:
                             self.stats.blocks_fetched += 1
                             self.stats.bytes_fetched += int(self.table.nbytes[b])
                         self._done.add(b)
-                    continue
+                    if not skipped:
+                        continue
                 with self._cv:
                     if not self._closed and self._pos == pos:
                         self._cv.wait(timeout=0.2)

@@ -54,13 +54,13 @@ def larger_than_memory(reader: DatasetReader) -> bool:
     return reader.manifest.num_bytes > ram
 
 
-def read_ahead_for(reader: DatasetReader, table: BlockTable, sequence: np.ndarray, behind: int,
+def read_ahead_for(reader: DatasetReader, table: BlockTable, sequence: np.ndarray, behind: int, step: int = 64,
                    ahead_bytes: int = DEFAULT_AHEAD_BYTES, concurrency: int = 8) -> ReadAhead:
     """Start the read-ahead of one pass. Remote: refuses (with the numbers) a ``cache_limit`` too small for
     the blocks that must be on disk at once, and lowers the depth to what the limit allows."""
     from fastload.storage.remote import RemoteDatasetReader
     if not isinstance(reader, RemoteDatasetReader):
-        return ReadAhead(table, sequence, ahead_bytes=ahead_bytes, behind=behind, concurrency=2,
+        return ReadAhead(table, sequence, ahead_bytes=ahead_bytes, behind=behind, concurrency=2, step=step,
                          local_files=[Path(p) for p in reader.shard_paths])
     cache = reader.cache
     root = cache.root
@@ -68,7 +68,7 @@ def read_ahead_for(reader: DatasetReader, table: BlockTable, sequence: np.ndarra
     for k, f in enumerate(cache.files):
         ends = table.end[table.shard == k]
         meta += os.stat(cache.dir / f).st_size - (int(ends.max()) if len(ends) else 0) + 2 * 4096
-    peak = peak_in_use_bytes(table, sequence, behind)
+    peak = peak_in_use_bytes(table, sequence, behind + step)
     biggest = int(table.nbytes.max()) if len(table) else 0
     need = meta + peak + biggest * concurrency
     if need > root.limit:
@@ -80,8 +80,8 @@ def read_ahead_for(reader: DatasetReader, table: BlockTable, sequence: np.ndarra
             f"prefetch_factor")
     ahead = max(peak + biggest, min(ahead_bytes, root.limit - meta - biggest * concurrency))
     name = f"ra{id(sequence):x}"
-    ra = ReadAhead(table, sequence, ahead_bytes=ahead, behind=behind, concurrency=concurrency,
+    ra = ReadAhead(table, sequence, ahead_bytes=ahead, behind=behind, concurrency=concurrency, step=step,
                    ensure=cache.ensure, is_present=cache.is_present,
-                   pins=lambda blocks: root.write_pins(name, cache.key, blocks),
+                   pins=lambda hard, soft: root.write_pins(name, cache.key, hard, soft),
                    on_close=lambda: root.drop_pins(name))
     return ra

@@ -109,6 +109,15 @@ def _prepare(d: Path, url: str, manifest_bytes: bytes, m: Manifest, opts: Remote
     os.rename(tmp, d)
 
 
+def _reclaim_unfinished(root_dir: Path) -> None:
+    """Remove cache directories whose building process died (``<key>.tmp<pid>``)."""
+    from fastload.liveness import pid_alive
+    for p in root_dir.glob("*.tmp*"):
+        pid = p.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def open_cached(opts: RemoteOptions) -> tuple[Path, CacheRoot]:
     """The local cache directory of the dataset at ``opts.url`` (built on first use, by one process per
     node: the others wait for it and reuse it)."""
@@ -131,6 +140,7 @@ def open_cached(opts: RemoteOptions) -> tuple[Path, CacheRoot]:
         raise FormatError(f"a {m.backend} dataset cannot be read from a URL (it needs random access to one "
                           "environment file): convert it with --backend shards", url)
     d = root_dir / dataset_key(url, raw, opts.block_bytes)
+    _reclaim_unfinished(root_dir)
     if not (d / MANIFEST).exists():
         fd = os.open(root_dir / f".open-{d.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
