@@ -93,7 +93,8 @@ def read_range(url: str, start: int, end: int, options: dict | None = None,
             COUNTERS.add(requests=1, nbytes=len(data))
             if len(data) == want:
                 return bytes(data) if not isinstance(data, bytes) else data
-            last = f"short read: got {len(data)} of {want} bytes"
+            last = (f"got {len(data)} bytes for a range of {want}" + (" (does the server honour Range "
+                    "requests?)" if len(data) > want else " (short read)"))
         except _NOT_RETRIED as e:
             COUNTERS.add(requests=1)
             raise StorageError(f"cannot read bytes {start}-{end}: {type(e).__name__}: {e}", url, shard,
