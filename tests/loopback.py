@@ -33,6 +33,11 @@ class Counters:
             self.requests = self.bytes = 0
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256     # the default backlog of 5 drops SYNs under a burst of parallel GETs
+
+
 class _Quiet(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -86,8 +91,7 @@ class RangeServer:
                 self.wfile.write(body)
                 outer.counters.add(len(body))
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._t = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -199,8 +203,7 @@ class FaultProxy:
             def do_DELETE(self) -> None:
                 self._forward("DELETE")
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._t = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -248,3 +251,126 @@ class S3Server:
 
     def close(self) -> None:
         self.server.stop()
+
+
+# ------------------------------------------------------------------------------------------------------
+# The servers in a process of their own. A server running inside the test process would have its sockets
+# copied into every forked loader worker; a connection the server closes then stays open in the copies and
+# a client reusing it waits for an answer that never comes. A child process (started before any worker)
+# keeps the servers' sockets out of the workers.
+def _control_server(root: str | None, s3: bool) -> None:
+    import json
+    import urllib.parse
+    servers: dict[str, object] = {}
+    out: dict[str, str] = {}
+    if root:
+        servers["range"] = RangeServer(root)
+        out["range"] = servers["range"].url
+    if s3:
+        servers["s3"] = S3Server()
+        out["s3"] = servers["s3"].url
+    proxies: dict[int, FaultProxy] = {}
+
+    class Control(_Quiet):
+        def do_GET(self) -> None:
+            u = urllib.parse.urlparse(self.path)
+            q = {k: v[0] for k, v in urllib.parse.parse_qs(u.query).items()}
+            if u.path == "/proxy":
+                f = Faults(**{k: (v == "1" if k == "outage" else float(v) if k != "seed" else int(v))
+                              for k, v in q.items() if k != "upstream"})
+                p = FaultProxy(q["upstream"], f)
+                proxies[p.port] = p
+                body = {"url": p.url, "port": p.port}
+            elif u.path == "/set":
+                p = proxies[int(q.pop("port"))]
+                for k, v in q.items():
+                    setattr(p.faults, k, v == "1" if k == "outage" else float(v))
+                body = {}
+            elif u.path == "/stats":
+                c = proxies[int(q["port"])] if "port" in q else servers["range"]
+                body = {"requests": c.counters.requests, "bytes": c.counters.bytes,
+                        "injected": getattr(c, "injected", Counters()).requests}
+                if q.get("reset") == "1":
+                    c.counters.reset()
+            elif u.path == "/bucket":
+                servers["s3"].make_bucket(q["name"])
+                body = {}
+            else:
+                self.send_error(404)
+                return
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    ctl = _Server(("127.0.0.1", 0), Control)
+    out["control"] = f"http://127.0.0.1:{ctl.server_address[1]}"
+    print(json.dumps(out), flush=True)
+    ctl.serve_forever()
+
+
+class Proxy:
+    """A FaultProxy living in the servers' process: ``url``, ``set(**faults)``, ``stats(reset=False)``."""
+
+    def __init__(self, servers: "Servers", url: str, port: int):
+        self._s, self.url, self.port = servers, url, port
+
+    def set(self, **faults) -> None:
+        self._s._get("/set", port=self.port, **{k: (int(v) if isinstance(v, bool) else v) for k, v in faults.items()})
+
+    def stats(self, reset: bool = False) -> dict:
+        return self._s._get("/stats", port=self.port, reset=int(reset))
+
+
+class Servers:
+    """The loopback servers (a range HTTP server over ``root``, optionally moto S3) in a child process."""
+
+    def __init__(self, root: str | os.PathLike | None = None, s3: bool = False):
+        import json
+        import subprocess
+        import sys
+        args = [sys.executable, __file__] + (["--root", str(root)] if root else []) + (["--s3"] if s3 else [])
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the loopback servers did not start")
+        self.urls = json.loads(line)
+        self.range_url = self.urls.get("range")
+        self.s3_url = self.urls.get("s3")
+
+    def _get(self, path: str, **q) -> dict:
+        import json
+        import urllib.parse
+        import urllib.request
+        url = self.urls["control"] + path + ("?" + urllib.parse.urlencode(q) if q else "")
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return json.loads(r.read())
+
+    def proxy(self, upstream: str, **faults) -> Proxy:
+        body = self._get("/proxy", upstream=upstream, **{k: (int(v) if isinstance(v, bool) else v)
+                                                          for k, v in faults.items()})
+        return Proxy(self, body["url"], body["port"])
+
+    def range_stats(self, reset: bool = False) -> dict:
+        return self._get("/stats", reset=int(reset))
+
+    def make_bucket(self, name: str) -> None:
+        self._get("/bucket", name=name)
+
+    def s3_options(self, endpoint: str | None = None) -> dict:
+        return {"key": "testing", "secret": "testing",
+                "client_kwargs": {"endpoint_url": endpoint or self.s3_url, "region_name": "us-east-1"}}
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root")
+    ap.add_argument("--s3", action="store_true")
+    a = ap.parse_args()
+    _control_server(a.root, a.s3)

@@ -75,6 +75,7 @@ class BlockOrder(DistributedOrder):
         self.saved_world_size: int | None = None
         self.quality = OrderQuality(window_blocks=window)
         self._memo: tuple | None = None
+        self._pending: tuple | None = None     # (order key, read-ahead started by begin_pass)
 
     # -- the order ----------------------------------------------------------------------------------
     def _stream(self, world: int, r: int) -> np.ndarray:
@@ -133,9 +134,22 @@ class BlockOrder(DistributedOrder):
         return len(self._remaining_array())
 
     def begin_pass(self) -> None:
+        """Called by the loader before its workers start: the read-ahead starts now, while they boot."""
         super().begin_pass()
         if self.start == 0:
             self.saved_world_size = None
+        self._close_pending()
+        seq = self._remaining_array()
+        if self.read_ahead is not None and len(seq):
+            self._pending = (self._memo[0], self.read_ahead(seq, self.behind, self._step()))
+
+    def _close_pending(self) -> None:
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is not None:
+            pending[1].close()
+
+    def _step(self) -> int:
+        return int(min(MAX_STEP, max(4, self.n / max(len(self.first), 1))))
 
     def restore(self, state: dict) -> None:
         """From the loader's saved state: the seed and the world size the position was counted in."""
@@ -145,8 +159,14 @@ class BlockOrder(DistributedOrder):
     def __iter__(self) -> Iterator[int]:
         seq = self._remaining_array()
         self._measure(seq)
-        step = int(min(MAX_STEP, max(4, self.n / max(len(self.first), 1))))
-        ra = self.read_ahead(seq, self.behind, step) if self.read_ahead is not None and len(seq) else None
+        step = self._step()
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is not None and pending[0] == self._memo[0]:
+            ra = pending[1]
+        else:
+            if pending is not None:
+                pending[1].close()
+            ra = self.read_ahead(seq, self.behind, step) if self.read_ahead is not None and len(seq) else None
         try:
             for p in range(0, len(seq), step):
                 if ra is not None:

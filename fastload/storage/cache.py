@@ -17,7 +17,6 @@ Disk use is measured (allocated blocks of the sparse files), so ``cache_limit`` 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import json
@@ -39,7 +38,7 @@ from fastload.storage.blocks import BlockTable
 
 PAGE = 4096
 _FALLOC_PUNCH = 0x01 | 0x02        # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)   # the C library already loaded (find_library would run gcc)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 
