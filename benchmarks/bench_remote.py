@@ -274,11 +274,9 @@ def main() -> int:
     if a.peer:
         print("RESULT " + json.dumps(run_peer(a)), flush=True)
         return 0
-    data = Path(a.data)
     fl_py = a.fastload_python or _python_with(("fsspec", "aiohttp", "moto"))
-    peer_py = a.peer_python or next((str(p) for p in (REPO / ".venv-vision/bin/python",
-                                                      Path("/work/main/.venv-vision/bin/python")) if p.exists()),
-                                    sys.executable)
+    venv = REPO / ".venv-vision" / "bin" / "python"
+    peer_py = a.peer_python or (str(venv) if venv.exists() else sys.executable)
     subprocess.run([fl_py, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import bench_remote as b; "
                     "from pathlib import Path; b._prepare(Path(sys.argv[2]))", str(REPO / "benchmarks"), a.data],
                    check=True)

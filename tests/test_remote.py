@@ -3,7 +3,6 @@ moto's S3 server, and a fault-injecting proxy. Real JPEGs, real worker processes
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,7 +16,6 @@ import torch
 import fastload
 from fastload import ops
 from fastload.errors import FastloadError, FormatError, StorageError
-from fastload.storage import COUNTERS, RetryPolicy
 from fastload.storage.cache import disk_usage
 
 sys.path.insert(0, str(Path(__file__).parent))

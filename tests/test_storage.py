@@ -13,7 +13,7 @@ import pytest
 import fastload
 from fastload.errors import StorageError
 from fastload.storage.blocks import BlockTable
-from fastload.storage.cache import default_cache_dir, disk_usage, parse_limit, punch_hole
+from fastload.storage.cache import default_cache_dir, parse_limit, punch_hole
 from fastload.storage.prefetch import peak_in_use_bytes
 from fastload.storage.url import is_remote, join, local_path, protocol
 

@@ -76,6 +76,7 @@ class BlockOrder(DistributedOrder):
         self.quality = OrderQuality(window_blocks=window)
         self._memo: tuple | None = None
         self._pending: tuple | None = None     # (order key, read-ahead started by begin_pass)
+        self.read_ahead_stats = None
 
     # -- the order ----------------------------------------------------------------------------------
     def _stream(self, world: int, r: int) -> np.ndarray:
@@ -167,6 +168,7 @@ class BlockOrder(DistributedOrder):
             if pending is not None:
                 pending[1].close()
             ra = self.read_ahead(seq, self.behind, step) if self.read_ahead is not None and len(seq) else None
+        self.read_ahead_stats = getattr(ra, "stats", None)   # blocks / bytes the read-ahead brought in
         try:
             for p in range(0, len(seq), step):
                 if ra is not None:

@@ -17,7 +17,6 @@ Disk use is measured (allocated blocks of the sparse files), so ``cache_limit`` 
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import json
 import mmap

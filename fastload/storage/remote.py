@@ -251,10 +251,4 @@ class RemoteDatasetReader(DatasetReader):
         return verify_remote(self, progress=progress)
 
 
-def check_storage(url: str) -> None:
-    """Raise StorageError when ``url`` has a scheme fsspec does not know (early, clear failure)."""
-    from fastload.storage.filesystem import filesystem
-    filesystem(url)
-
-
 __all__ = ["RemoteDatasetReader", "RemoteOptions", "open_cached", "StorageError"]
