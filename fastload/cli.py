@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fastload.errors import FastloadError
-from fastload.profile.cli import add_parser as add_profile
+from fastload.profiling.cli import add_parser as add_profile
 
 
 # -- convert ------------------------------------------------------------------------------------------

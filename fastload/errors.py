@@ -48,6 +48,11 @@ class SharedMemoryError(FastloadError, MemoryError):
     """The shared-memory ring cannot be allocated (e.g. /dev/shm too small); says how much is needed."""
 
 
+class TransformError(FastloadError):
+    """A callable in ``transforms=`` failed, or returned what the batch cannot hold (another shape or dtype
+    than the one declared from the first record); names the callable, and the field and sample when known."""
+
+
 class StorageError(FastloadError, OSError):
     """Remote storage failed for good (after retries), or a backend is missing; names the URL, and where it
     applies the shard and block being read."""

@@ -69,10 +69,13 @@ def test_invalid_op_lists_are_refused():
         compile_pipeline(SimpleNamespace(kind="int"), [RandomHorizontalFlip()])
     with pytest.raises(ValueError):
         compile_pipeline(SimpleNamespace(kind="ndarray", dtype=np.uint8, shape=(8, 8, 3)), [Decode()])
-    with pytest.raises(TypeError, match="loader"):
-        compile_pipeline(None, [DecodeRandomResizedCrop(224), Normalize((0.5,) * 3, (0.5,) * 3)])
-    with pytest.raises(TypeError):
-        compile_pipeline(None, [lambda x: x])
+    with pytest.raises(ValueError, match="must come first"):    # fastload ops before the callables
+        compile_pipeline(None, [DecodeRandomResizedCrop(224), Normalize((0.5,) * 3, (0.5,) * 3),
+                                RandomHorizontalFlip()])
+    with pytest.raises(TypeError, match="neither"):
+        compile_pipeline(None, [Decode(), "flip"])
+    with pytest.raises(ValueError, match="takes no ops"):
+        compile_pipeline(SimpleNamespace(kind="int"), [lambda x: x])
     with pytest.raises(ValueError):
         DecodeRandomResizedCrop(224, scale=(1.0, 0.5))
     with pytest.raises(ValueError):

@@ -2,8 +2,10 @@
 
 CPU ops (numpy, pillow, simplejpeg): :class:`Decode`, :class:`DecodeRandomResizedCrop`,
 :class:`DecodeCenterCrop`, :class:`RandomHorizontalFlip`, :class:`RandomCrop`, :class:`CenterCrop`, chained
-per field by :func:`compile_pipeline`. Device ops (torch, imported on first use): :class:`Normalize`,
-:class:`ToDtype`, :class:`ChannelsLast`, :class:`Contiguous`.
+per field by :func:`compile_pipeline`; after them any callables (torchvision transforms, a function: see
+:mod:`fastload.ops.callables`). Torch ops (imported on first use): :class:`Normalize`, :class:`ToDtype`,
+:class:`ChannelsLast`, :class:`Contiguous` for whole batches on the device; ``Normalize`` and ``ToDtype`` also
+as callables in a field's transforms (CPU-only training).
 """
 from __future__ import annotations
 
