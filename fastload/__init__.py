@@ -30,8 +30,8 @@ _LAZY = {
     # convert(source, dst, ...): a plain function; its package is fastload.conversion
     "convert": ("fastload.conversion", "convert"),
     "ops": ("fastload.ops", None),
-    # fastload.profile is the profiler package, callable as profile(loader_or_path, ...)
-    "profile": ("fastload.profile", None),
+    # the profiler function; its package is fastload.profiling
+    "profile": ("fastload.profiling.profiler", "profile"),
     "formats": ("fastload.formats", None),
 }
 

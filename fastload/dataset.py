@@ -7,9 +7,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import CorruptRecordError, FastloadError, FormatError
+from .errors import CorruptRecordError, FastloadError, FormatError, TransformError
 from .formats import open_dataset
 from .ops import compile_pipeline
+from .ops.timing import READ, StageTimes
 
 _BATCHABLE_SCALARS = {"int": np.int64, "float": np.float64}
 
@@ -25,23 +26,37 @@ class ShardDataset(torch.utils.data.Dataset):
     Args:
         path: the dataset directory written by ``fastload convert``.
         transforms: ``{field: [op, ...]}``; e.g. ``{"image": [ops.DecodeRandomResizedCrop(224),
-            ops.RandomHorizontalFlip()]}``.
+            ops.RandomHorizontalFlip()]}``. After the fastload ops, any callables (``v2.RandAugment()``,
+            ``ops.ToDtype(torch.float32, scale=True)``, ``ops.Normalize(mean, std)``, a function): each gets
+            the sample as a tensor (an image as ``[3, H, W]`` uint8) and returns a tensor. Their output
+            shape and dtype are taken from the first record (run once when the dataset opens) and every
+            sample must match; torch's RNG is seeded per sample, so their randomness follows ``seed=``.
         fields: which fields to return, in order (default: all, in schema order).
         readahead: let the OS read ahead (good for sequential scans; off for random access).
         verify_checksums: check each record's CRC as it is read (costs a pass over the bytes).
         on_corrupt: ``"raise"`` (default): a record that cannot be read or decoded raises
             :class:`CorruptRecordError` naming the shard and record. ``"skip"``: it is replaced by another
             record (chosen deterministically, so the batch stays full), counted, and listed at epoch end.
+        storage_options: for a URL (``s3://``, ``gs://``, ``https://``...): passed to fsspec, as in pandas.
+        cache_dir: where a URL's blocks are cached on this node (default ``~/.cache/fastload``).
+        cache_limit: hard bound on the cache's disk use, bytes or a size such as ``"200GB"``.
+            See docs/REMOTE.md; ``ds[i]`` on a URL fetches the record's block first (slower).
+        block_bytes: size of the blocks of consecutive records fetched, cached and shuffled (URLs and
+            ``order="block"``).
     """
 
     def __init__(self, path: str | os.PathLike, transforms: dict[str, Sequence] | None = None,
                  fields: Sequence[str] | None = None, readahead: bool = False, verify_checksums: bool = False,
-                 on_corrupt: str = "raise"):
+                 on_corrupt: str = "raise", *, storage_options: dict | None = None,
+                 cache_dir: str | os.PathLike | None = None, cache_limit: int | str | None = None,
+                 block_bytes: int = 8 << 20):
         if on_corrupt not in ("raise", "skip"):
             raise ValueError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
         self.on_corrupt = on_corrupt
         self.path = path
-        self.reader = open_dataset(path, readahead=readahead, verify_reads=verify_checksums)
+        from .storage.reading import open_reader    # a local directory or a URL through the block cache
+        self.reader = open_reader(path, storage_options, cache_dir, cache_limit, readahead=readahead,
+                                  verify_reads=verify_checksums, block_bytes=block_bytes)
         schema = self.reader.schema
         self.fields = list(fields) if fields is not None else list(schema)
         unknown = [f for f in self.fields if f not in schema]
@@ -54,6 +69,26 @@ class ShardDataset(torch.utils.data.Dataset):
         self.kinds = {f: schema[f].kind for f in self.fields}
         self.pipelines = {f: compile_pipeline(schema[f], self.transforms.get(f, []))
                           for f in self.fields if self.kinds[f] in ("image", "ndarray")}
+        for f, pipe in self.pipelines.items():
+            if pipe.callables and len(self):
+                self._declare(f, pipe)
+
+    def _declare(self, field: str, pipe) -> None:
+        """Run the first readable record through ``field``'s callables once: their output shape and dtype
+        become the declared output every batch is laid out for."""
+        for candidate in self.candidates(0):
+            try:
+                value = self.reader.get(candidate, field)
+                size = self.reader.image_size(candidate, field) if self.kinds[field] == "image" else None
+                pipe.declare(value, size, np.random.default_rng(0))
+                return
+            except TransformError as e:
+                raise TransformError(f"{self.path}: field {field!r}, first record: {e}") from e
+            except (CorruptRecordError, FormatError):
+                if self.on_corrupt == "raise":
+                    raise
+        raise CorruptRecordError(f"no readable record to declare field {field!r}'s transforms with",
+                                 path=str(self.path))
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -108,13 +143,21 @@ class ShardDataset(torch.utils.data.Dataset):
         try:
             out = pipe.run(value, size, rng)
         except Exception as e:
+            self.reader.check_reads()     # a shard cut under the reader: that, not a decode error
             raise self._corrupt(index, field, e) from e
+        self.reader.check_reads()         # the bytes just decoded were really the file's (one C call)
+        if pipe.callables:
+            return out          # the callables' tensor
         if self.kinds[field] == "image" and pipe.output_shape is not None and self.transforms.get(field):
             return torch.from_numpy(out).permute(2, 0, 1)
         return out
 
     def _corrupt(self, index: int, field: str, e: Exception) -> Exception:
-        """The decode error ``e`` of one record, re-raised as a CorruptRecordError that says where it is."""
+        """The decode error ``e`` of one record, re-raised as a CorruptRecordError that says where it is (a
+        callable's TransformError gets the place added, and stays a TransformError: it is not bad data)."""
+        if isinstance(e, TransformError):
+            shard, record = self.reader.locate(index)
+            return TransformError(f"field {field!r} of sample {index} ({shard}, record {record}): {e}")
         if isinstance(e, (CorruptRecordError, FormatError)) and getattr(e, "path", None):
             return e
         if not isinstance(e, (CorruptRecordError, ValueError, OSError, SyntaxError, IndexError)):
@@ -128,7 +171,8 @@ class ShardDataset(torch.utils.data.Dataset):
     # --- whole batches (fastload's fast path) -----------------------------------------------------------
     def sample_spec(self) -> list[tuple[str, tuple, np.dtype]] | None:
         """Per-field output (name, per-sample shape, dtype), or None if some field cannot be batched in place
-        (variable-size images, bytes, JSON)."""
+        (variable-size images, bytes, JSON). An image field is HWC, ``(H, W, 3)`` uint8, as the fastload ops
+        write it; with callables it is what they returned for the first record (a CHW tensor's shape)."""
         spec = []
         for f in self.fields:
             kind = self.kinds[f]
@@ -143,13 +187,20 @@ class ShardDataset(torch.utils.data.Dataset):
                 return None
         return spec
 
-    def write_sample(self, index: int, outs: dict[str, np.ndarray], rng: np.random.Generator | None) -> None:
-        """Decode and augment record ``index`` straight into ``outs[field]`` (arrays of the spec's shapes)."""
+    def write_sample(self, index: int, outs: dict[str, np.ndarray], rng: np.random.Generator | None,
+                     times: StageTimes | None = None) -> None:
+        """Decode and augment record ``index`` straight into ``outs[field]`` (arrays of the spec's shapes).
+        ``times``, when given, collects the seconds of each stage (read, decode, augment, callables)."""
         for f, out in outs.items():
             pipe = self.pipelines[f]
+            t0 = StageTimes.start() if times is not None else None
             value = self.reader.get(index, f)
             size = self.reader.image_size(index, f) if self.kinds[f] == "image" else None
+            if times is not None:
+                times.lap(READ, t0)
             try:
-                pipe.run_into(value, size, out, rng)
+                pipe.run_into(value, size, out, rng, times)
             except Exception as e:
+                self.reader.check_reads()
                 raise self._corrupt(index, f, e) from e
+            self.reader.check_reads()

@@ -50,3 +50,20 @@ class SharedMemoryError(FastloadError, MemoryError):
 
 class ConversionError(FastloadError):
     """A conversion task or worker failed; the message names the task, its work unit and source items."""
+
+
+class TransformError(FastloadError):
+    """A callable in ``transforms=`` failed, or returned what the batch cannot hold (another shape or dtype
+    than the one declared from the first record); names the callable, and the field and sample when known."""
+
+
+class StorageError(FastloadError, OSError):
+    """Remote storage failed for good (after retries), or a backend is missing; names the URL, and where it
+    applies the shard and block being read."""
+
+    def __init__(self, message: str, url: str | None = None, shard: str | None = None,
+                 block: int | None = None):
+        self.url, self.shard, self.block = url, shard, block
+        where = [w for w in (url, f"shard {shard}" if shard else None,
+                             f"block {block}" if block is not None else None) if w]
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, Sampler, _DatasetKind
 
 from .inprocess import InProcessIter
 from .iterator import RingLoaderIter
+from .block_order import block_order_for
 from .order import BlockShuffleSampler, DistributedOrder
 from .stats import LoaderStats
 from .transfer import DeviceTransfer, Pending, register_pinned
@@ -68,6 +69,16 @@ class DataLoader(torch.utils.data.DataLoader):
                              "(e.g. device='cuda')")
         if seed is not None and generator is None:
             generator = torch.Generator().manual_seed(seed)
+        # -- block order (fastload/loader/block_order.py): order="block", remote / larger-than-memory data --
+        block = block_order_for(dataset, shuffle=shuffle, order=order, sampler=sampler,
+                                batch_sampler=batch_sampler, distributed=distributed, rank=rank,
+                                world_size=world_size, seed=seed, generator=generator, drop_last=drop_last,
+                                batch_size=batch_size, num_workers=num_workers, prefetch_factor=prefetch_factor,
+                                resolve=_rank_and_world)
+        if block is not None:
+            sampler, shuffle, order, distributed, rank, world_size = block, None, None, False, None, None
+            self.stats.order = block.quality
+        # -- end block order --
         if distributed or rank is not None or world_size is not None:
             if sampler is not None or batch_sampler is not None:
                 raise ValueError("distributed=True makes the sampler (a DistributedSampler-like order): don't "
@@ -188,6 +199,8 @@ class DataLoader(torch.utils.data.DataLoader):
             self.sampler.set_epoch(d["epoch"])
             self.sampler.start = d["consumed"]
             self.sampler._passes = 0   # the next pass is the resumed one: it keeps epoch and start
+            if hasattr(self.sampler, "restore"):   # block order: its seed and the saved world size
+                self.sampler.restore(d)
 
     def _get_iterator(self):
         it = self._host_iterator()

@@ -28,6 +28,7 @@ class LoaderStats:
     def reset(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
+        self.cpu_seconds: dict[str, float] = defaultdict(float)   # CPU time of the stages that measure it
         self.spans: list[tuple[str, int, float, float]] = []   # (stage, worker or -1 for main, start, dur)
         self.batches = 0
         self.samples = 0
@@ -39,6 +40,8 @@ class LoaderStats:
         self.samples += timings.get("samples", 0)
         self.skipped.extend(timings.get("skipped", ()))
         worker = timings.get("worker", -1)
+        for stage, dt in timings.get("stage_cpu", {}).items():
+            self.cpu_seconds[stage] += dt
         for stage, t0, dt in timings.get("spans", ()):
             self.seconds[stage] += dt
             self.counts[stage] += 1
