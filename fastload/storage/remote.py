@@ -19,6 +19,7 @@ import numpy as np
 from fastload.errors import FormatError, StorageError
 from fastload.formats.dataset_dir import DatasetReader
 from fastload.formats.manifest import MANIFEST, Manifest
+from fastload.formats.regular_file import FileIdentity
 from fastload.formats.shard import LEAD, MAGIC, TRAILER, TRAILER_MAGIC, TRAILER_SIZE, ShardReader
 from fastload.storage.blocks import DEFAULT_BLOCK_BYTES, BlockTable
 from fastload.storage.cache import BlockCache, CacheRoot, default_cache_dir, parse_limit
@@ -162,11 +163,17 @@ class RemoteDatasetReader(DatasetReader):
         local, self._root = open_cached(opts)
         super().__init__(local, readahead=readahead, verify_reads=verify_reads)
 
-    def _open(self) -> None:
-        super()._open()
+    def _open(self, expected: tuple | None = None) -> None:
+        super()._open(expected)
         self._cache: BlockCache | None = None
         self._stops: np.ndarray | None = None
         self._payload = {n for n, f in self._manifest.schema.items() if f.payload}
+
+    @staticmethod
+    def _same_file(a: FileIdentity, b: FileIdentity) -> bool:
+        # cache files are sparse copies that fetched blocks fill and eviction punches: their mtime moves by
+        # design; the remote dataset's own identity is the cache directory's key (URL + manifest)
+        return a[:3] == b[:3]
 
     def __getstate__(self) -> dict:
         return {**super().__getstate__(), "remote": self.remote, "limit": self._root.limit}
