@@ -46,3 +46,7 @@ class WorkerError(FastloadError, RuntimeError):
 
 class SharedMemoryError(FastloadError, MemoryError):
     """The shared-memory ring cannot be allocated (e.g. /dev/shm too small); says how much is needed."""
+
+
+class OpenFilesError(FastloadError, OSError):
+    """The process ran out of file descriptors (``ulimit -n``); says what holds them and how to raise it."""

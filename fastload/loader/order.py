@@ -106,5 +106,9 @@ class DistributedOrder(Sampler[int]):
         self._passes += 1
         self._explicit_epoch = False
 
+    def restart_pass(self) -> None:
+        """The next pass resumes the current one (keeps ``epoch`` and ``start``): used by a resume."""
+        self._passes = 0
+
     def __iter__(self) -> Iterator[int]:
         return iter(self._remaining())
