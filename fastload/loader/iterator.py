@@ -385,7 +385,7 @@ class RingLoaderIter(EpochIter):
         self._pool.restart(e.worker)
         for t in lost:
             self._pool.send(e.worker, t.job)
-        warnings.warn(f"fastload: {e.describe()} Restarted it and re-issued {len(lost)} batch(es).",
+        warnings.warn(f"fastload: {e.describe()} fastload restarted it and re-issued {len(lost)} batch(es).",
                       RuntimeWarning, stacklevel=4)
 
     def _deliver(self, t: Task):
