@@ -52,7 +52,7 @@ class EpochIter:
         self._loader = loader
         self.iterable = isinstance(loader.dataset, IterableDataset)
         self.auto_collation = loader.batch_sampler is not None
-        self._index_sampler = loader.batch_sampler if self.auto_collation else loader.sampler
+        self._index_lists = loader.batch_sampler if self.auto_collation else loader.sampler
         self._stats = loader.stats
         self._pin = bool(loader.pin_memory) and _pin_available()
         if loader.pin_memory and not self._pin:
@@ -71,7 +71,7 @@ class EpochIter:
         return len(self._loader)
 
     def _begin_sampling(self) -> None:
-        self._sampler_iter = iter(self._index_sampler)
+        self._sampler_iter = iter(self._index_lists)
         self.yielded = 0
 
     def skip_batches(self, n: int) -> None:
