@@ -58,12 +58,12 @@ class ArenaCollate:
             except TypeError:
                 return parts
         if isinstance(elem, tuple) and hasattr(elem, "_fields"):
-            return type(elem)(*(self._collate(list(s)) for s in zip(*batch)))
+            return type(elem)(*(self._collate(s) for s in zip(*batch)))
         if isinstance(elem, collections.abc.Sequence):
             size = len(elem)
             if not all(len(e) == size for e in batch):
                 raise RuntimeError("each element in list of batch should be of equal size")
-            columns = [self._collate(list(s)) for s in zip(*batch)]
+            columns = [self._collate(s) for s in zip(*batch)]
             if isinstance(elem, tuple):
                 return columns
             try:
