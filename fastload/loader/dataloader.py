@@ -22,9 +22,10 @@ T_co = TypeVar("T_co", covariant=True)
 class DataLoader(torch.utils.data.DataLoader[T_co]):
     """Drop-in replacement for :class:`torch.utils.data.DataLoader`.
 
-    Every torch argument keeps its meaning, default and validation. Batches are never copied out of shared
-    memory: each one views its ring slot, and a slot is reused only once nothing views it any more, so a
-    batch you keep stays valid for as long as you keep it. Extra keyword-only arguments:
+    Every torch argument keeps its meaning, default and validation. Batches are not pickled through queues:
+    each one's large arrays view its shared-memory ring slot (small ones, such as labels, are copied out), and
+    a slot is reused only once nothing views it any more, so a batch you keep stays valid for as long as you
+    keep it, and keeping only its labels pins no slot. Extra keyword-only arguments:
 
     * ``device``: deliver batches on this device (e.g. ``"cuda"``). Copies run on a side CUDA stream from
       page-locked ring slots, one batch ahead of the training step.
