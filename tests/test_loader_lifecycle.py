@@ -205,6 +205,23 @@ def test_a_worker_crashing_mid_batch_is_restarted_and_the_epoch_completes(tmp_pa
     assert len(got) == len(ref) == 10 and all(torch.equal(a, b) for a, b in zip(ref, got))
 
 
+class CrashAlways(tud.Dataset):
+    def __len__(self):
+        return 24
+
+    def __getitem__(self, i):
+        if i == 9:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return i
+
+
+def test_a_sample_that_always_crashes_is_named_after_three_restarts():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(fastload.WorkerError, match=r"\[8, 9, 10, 11\]\) killed a worker 3 times"):
+            list(fastload.DataLoader(CrashAlways(), batch_size=4, num_workers=2, restart_workers=True))
+
+
 def test_a_segfault_without_restart_is_named_in_torchs_words_with_pid_and_samples(tmp_path):
     loader = fastload.DataLoader(CrashOnce(str(tmp_path / "crashed"), "segv"), batch_size=4, num_workers=2)
     it = iter(loader)
