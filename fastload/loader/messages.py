@@ -47,6 +47,7 @@ class BatchTimings:
     samples: int
     spans: list[tuple[str, float, float]] = field(default_factory=list)   # (stage, start, seconds)
     skipped: list[tuple[int, str]] = field(default_factory=list)          # corrupt records replaced
+    stage_cpu: dict[str, float] = field(default_factory=dict)             # CPU seconds of stages that measure it
 
 
 @dataclass

@@ -57,6 +57,7 @@ class LoaderStats:
     def reset(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
+        self.cpu_seconds: dict[str, float] = defaultdict(float)   # CPU time of the stages that measure it
         self.spans: list[tuple[str, int, float, float]] = []   # (stage, worker or -1 for main, start, dur)
         self.batches = 0
         self.samples = 0
@@ -67,6 +68,8 @@ class LoaderStats:
         self.batches += 1
         self.samples += timings.samples
         self.skipped.extend(timings.skipped)
+        for stage, dt in timings.stage_cpu.items():
+            self.cpu_seconds[stage] += dt
         for stage, t0, dt in timings.spans:
             self._record(stage, timings.worker, t0, dt)
 
