@@ -101,8 +101,9 @@ def test_keeping_whole_batches_keeps_them_valid_and_costs_their_memory():
     for i, (images, labels) in enumerate(kept):
         assert torch.equal(labels, torch.arange(i * 8, i * 8 + 8))
         assert int(images[0, 0, 0, 0]) == (i * 8) % 251
-    # the big field is still zero-copy: it views a shared-memory slot
-    assert _mapped_shm() >= sum(b[0].numel() for b in kept)
+    # the big field is still zero-copy: it views a shared-memory slot (the first batches of a generic
+    # dataset travel pickled, until the slots have grown to the batch's size)
+    assert _mapped_shm() >= sum(b[0].numel() for b in kept[-3:])
 
 
 def test_running_out_of_file_descriptors_says_what_to_do(tmp_path):

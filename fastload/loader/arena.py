@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..formats.records import align_up
 from .ring import Segment
 
 _ALIGN = 64
@@ -49,7 +50,7 @@ class _ArenaPickler(pickle.Pickler):
         self.overflow = False
 
     def _alloc(self, nbytes: int) -> int:
-        off = (self.cursor + _ALIGN - 1) // _ALIGN * _ALIGN
+        off = align_up(self.cursor, _ALIGN)
         self.cursor = off + nbytes
         if self.cursor > self.size:
             self.overflow = True
@@ -154,7 +155,7 @@ class ArenaAllocator:
         for s in shape:
             numel *= s
         nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        off = (self.cursor + _ALIGN - 1) // _ALIGN * _ALIGN
+        off = align_up(self.cursor, _ALIGN)
         if nbytes == 0 or off + nbytes > self.seg.size:
             return None
         self.cursor = off + nbytes

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OpenFilesError, SharedMemoryError
+from ..formats.records import align_up
 from ..liveness import pid_alive
 
 SHM_DIR = Path(os.environ.get("FASTLOAD_SHM_DIR", "/dev/shm"))
@@ -63,8 +64,7 @@ def reclaim_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
     return removed
 
 
-def _round_up(n: int, a: int = ALIGN) -> int:
-    return (n + a - 1) // a * a
+
 
 
 def human_bytes(n: float) -> str:
@@ -113,7 +113,7 @@ class Segment:
 
     @classmethod
     def create(cls, size: int, tag: str, shm_dir: Path = SHM_DIR) -> "Segment":
-        size = max(ALIGN, _round_up(size))
+        size = max(ALIGN, align_up(size, ALIGN))
         name = f"{PREFIX}{os.getpid()}_{_NS}_{tag}_{secrets.token_hex(4)}"
         path = shm_dir / name
         try:
@@ -214,7 +214,7 @@ class RingBuffer:
         self.segments: list[Segment | None] = [None] * n_slots
         self.free: list[int] = list(range(n_slots))[::-1]
         if slot_bytes > 0:
-            need = n_slots * _round_up(slot_bytes)
+            need = n_slots * align_up(slot_bytes, ALIGN)
             free = shutil.disk_usage(SHM_DIR).free
             if need > free:
                 raise SharedMemoryError(

@@ -12,6 +12,7 @@ from torch.utils.data import default_collate
 
 from ..dataset import ShardDataset
 from ..errors import CorruptRecordError, FormatError
+from ..formats.records import align_up
 from .builder import BatchBuilder
 from .messages import BatchTimings, Job
 from .ring import Segment
@@ -45,7 +46,7 @@ class ShardBatches(BatchBuilder):
             if shape == ():   # int/float fields live in the reader's index: gathered, not written
                 self.layout.append((name, shape, dtype, -1))
                 continue
-            off = (off + _ALIGN - 1) // _ALIGN * _ALIGN
+            off = align_up(off, _ALIGN)
             self.layout.append((name, shape, dtype, off))
             off += batch_size * int(np.prod(shape)) * dtype.itemsize
         self.reserved_bytes = off
