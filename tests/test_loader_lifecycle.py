@@ -96,7 +96,7 @@ def test_keeping_the_labels_of_every_batch_pins_neither_slots_nor_file_descripto
 
 
 def test_keeping_whole_batches_keeps_them_valid_and_costs_their_memory():
-    loader = fastload.DataLoader(Frames(), batch_size=8, num_workers=2)
+    loader = fastload.DataLoader(Frames(96), batch_size=8, num_workers=2)
     kept = list(loader)
     for i, (images, labels) in enumerate(kept):
         assert torch.equal(labels, torch.arange(i * 8, i * 8 + 8))
