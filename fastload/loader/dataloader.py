@@ -188,10 +188,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
             batches -= 1   # fetched ahead for the device copy, not yet handed out
         order = resume.order_of(self)
         if isinstance(self.sampler, DistributedOrder):
-            s = self.sampler
-            order.distributed = {"epoch": s.epoch, "seed": s.seed, "world_size": s.world_size,
-                                 "consumed": s.start + (batches - self._epoch_skipped) * (self.batch_size or 1)
-                                 * s.world_size}
+            order.distributed = self.sampler.state_dict((batches - self._epoch_skipped) * (self.batch_size or 1))
         return resume.compose(order, self._epoch_start, batches)
 
     def load_state_dict(self, state: dict) -> None:
@@ -203,11 +200,8 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         state = resume.check(state, self)
         if state["seeds"] is None:   # saved before any epoch started: nothing to skip
             return
-        d = state["order"]["distributed"]
-        if d is not None:
-            self.sampler.set_epoch(d["epoch"])
-            self.sampler.start = d["consumed"]
-            self.sampler.restart_pass()   # the next pass is the resumed one: it keeps epoch and start
+        if state["order"]["distributed"] is not None:
+            self.sampler.load_state_dict(state["order"]["distributed"])
         self._resume = state
 
     def _make_iterator(self):

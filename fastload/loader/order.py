@@ -106,8 +106,17 @@ class DistributedOrder(Sampler[int]):
         self._passes += 1
         self._explicit_epoch = False
 
-    def restart_pass(self) -> None:
-        """The next pass resumes the current one (keeps ``epoch`` and ``start``): used by a resume."""
+    def state_dict(self, consumed_here: int) -> dict:
+        """This order's part of the loader state, after ``consumed_here`` samples of this pass on this rank
+        (every rank consumes as many, so the global position is ``start + consumed_here * world_size``)."""
+        return {"epoch": self.epoch, "seed": self.seed, "world_size": self.world_size,
+                "consumed": self.start + consumed_here * self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume that pass: the next pass keeps its epoch and starts after the samples all ranks consumed
+        (re-sliced among this world size's ranks)."""
+        self.set_epoch(state["epoch"])
+        self.start = state["consumed"]
         self._passes = 0
 
     def __iter__(self) -> Iterator[int]:
