@@ -9,10 +9,18 @@ process that only decodes never imports what it does not need.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
+# The one place the version is written: pyproject.toml reads it, `fastload --version` prints it.
 __version__ = "0.1.0"
 
 from .errors import CorruptRecordError, FastloadError, FormatError, SharedMemoryError, SourceError, WorkerError
+
+if TYPE_CHECKING:   # what the lazy names below are, for type checkers and the API reference
+    from . import formats, ops
+    from .dataset import ShardDataset
+    from .formats import open_dataset
+    from .loader import BlockShuffleSampler, DataLoader
 
 _LAZY = {
     "DataLoader": ("fastload.loader", "DataLoader"),

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -116,11 +119,36 @@ def _field_stats(reader: Any, name: str) -> dict:
     return stats
 
 
+def _image_encoding(options: dict, quality: int, from_files: bool) -> str:
+    """How the images of a dataset were stored, from the converter options kept in its manifest."""
+    if options.get("quality") is not None:
+        return f"re-encoded as JPEG, quality={options['quality']}"
+    if options.get("max_side") is not None:
+        return f"stored as found; those over {options['max_side']} px re-encoded as JPEG, quality={quality}"
+    if from_files:
+        return "stored as found (byte for byte)"
+    return f"encoded files stored as found; pixel arrays encoded as JPEG, quality={quality}"
+
+
+def _field_line(f: dict) -> str:
+    if f["type"] != "image":
+        return ", ".join(f"{k}={v}" for k, v in f.items() if k not in ("name", "type"))
+    parts = [f["stored"]] if f.get("stored") else []
+    if "min_size" in f:
+        (w0, h0), (w1, h1), (mw, mh) = f["min_size"], f["max_size"], f["median_size"]
+        parts.append(f"by area smallest {w0}x{h0}, largest {w1}x{h1}; median {mw:g}x{mh:g}")
+    return "; ".join(parts)
+
+
 def add_inspect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="show a dataset's schema, counts, sizes and a sample record")
-    p.add_argument("dst", metavar="DST", help="dataset directory")
-    p.add_argument("--record", type=int, default=0, help="which record to show (default 0)")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p = sub.add_parser("inspect", help="show a dataset's schema, counts, sizes and a sample record",
+                       description="Show what the dataset DST holds: backend, record and file counts, each field "
+                                   "with its range (images: smallest and largest by area, median width and "
+                                   "height; the JPEG quality only when the images were re-encoded), and one "
+                                   "record. Reads the manifest and the index only; decodes nothing.")
+    p.add_argument("dst", metavar="DST", help="dataset directory (the folder holding manifest.json)")
+    p.add_argument("--record", type=int, default=0, metavar="N", help="which record to show (default 0)")
+    p.add_argument("--json", action="store_true", help="print the same as machine-readable JSON")
     p.set_defaults(func=cmd_inspect)
 
 
@@ -135,6 +163,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "shards": [{"file": s.file, "records": s.num_records, "bytes": s.num_bytes} for s in m.shards],
         "info": m.info,
     }
+    options = m.info.get("options") if isinstance(m.info.get("options"), dict) else {}
+    source = str(m.info.get("source", ""))
+    from_files = source.startswith("ImageFolder ") or Path(source).is_dir()
+    for f in info["fields"]:
+        if f["type"] == "image":
+            f["stored"] = _image_encoding(options, f.get("quality", 90), from_files)
     if len(r):
         i = args.record
         info["sample"] = {"index": i, **{n: _describe(r, i, n) for n in r.schema}}
@@ -149,8 +183,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"skipped   {len(m.skipped)}" + (f" (first: {m.skipped[0]['source']})" if m.skipped else ""))
     print("fields")
     for f in info["fields"]:
-        params = ", ".join(f"{k}={v}" for k, v in f.items() if k not in ("name", "type"))
-        print(f"  {f['name']:<12} {f['type']:<8} {params}")
+        print(f"  {f['name']:<12} {f['type']:<8} {_field_line(f)}")
     if "sample" in info:
         print(f"record {info['sample']['index']}")
         for n in r.schema:
@@ -160,9 +193,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 # -- verify -------------------------------------------------------------------------------------------
 def add_verify(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check every file and record checksum; exit 1 on any mismatch")
-    p.add_argument("dst", metavar="DST", help="dataset directory")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("verify", help="check every file and record checksum; exit 1 on any mismatch",
+                       description="Hash every data file of DST against the sha256 in its manifest and check "
+                                   "every record's crc32. Prints one line per problem, naming the file, the "
+                                   "record in it and its global index; exit status 1 if there is any.")
+    p.add_argument("dst", metavar="DST", help="dataset directory (the folder holding manifest.json)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output on stderr")
     p.set_defaults(func=cmd_verify)
 
 
@@ -184,17 +220,27 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole job end to end on a dataset made from real photos",
                        description="Make JPEGs from scikit-image's sample photos, convert them to shards, load "
                                    "them with fastload and with torch's DataLoader, and print how fast each was.")
-    p.add_argument("--dir", default="fastload-demo", help="working directory (default ./fastload-demo)")
-    p.add_argument("--images", type=_positive, default=1000, help="number of JPEGs (default 1000)")
-    p.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores, at most 8)")
-    p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--epochs", type=_positive, default=3, help="timed epochs after a warm-up (default 3)")
+    p.add_argument("--out", "--dir", dest="out", default=None, metavar="DIR",
+                   help="where to write the photos and the shards, about 80 MB for 1,000 images (default: a new "
+                        "temporary directory, removed at the end); a DIR you name is kept and reused next time")
+    p.add_argument("--images", type=_positive, default=1000, metavar="N",
+                   help="number of JPEGs, rounded down to a multiple of 10, at least 10 (default 1000)")
+    p.add_argument("--workers", type=_positive, default=None, metavar="N",
+                   help="loader and converter worker processes (default: all cores, at most 8)")
+    p.add_argument("--batch-size", type=_positive, default=64, metavar="N",
+                   help="images per batch; must not exceed --images (default 64)")
+    p.add_argument("--epochs", type=_positive, default=3, metavar="N",
+                   help="timed epochs after a warm-up (default 3)")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from fastload.demo import run_demo
-    run_demo(args.dir, images=args.images, workers=args.workers, batch_size=args.batch_size, epochs=args.epochs)
+    made = max(1, args.images // 10) * 10   # the same number of images of each of the 10 classes
+    if args.batch_size > made:
+        raise FastloadError(f"--batch-size {args.batch_size} is more than the {made} images the demo makes: "
+                            "no full batch to time")
+    run_demo(args.out, images=args.images, workers=args.workers, batch_size=args.batch_size, epochs=args.epochs)
     return 0
 
 
@@ -204,23 +250,59 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastload", description="Fast training-data loading for PyTorch.")
+    from fastload import __version__
+    parser = argparse.ArgumentParser(prog="fastload", description="Fast training-data loading for PyTorch: "
+                                     "convert a dataset to shards, check it, profile a pipeline, or run the demo.")
+    parser.add_argument("--version", action="version", version=f"fastload {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 failure, 2 usage, 130 interrupted)."""
-    args = build_parser().parse_args(argv)
+# The status cat, head and grep end with when their reader goes away (128 + SIGPIPE), as the shell reports it.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _stdout_closed() -> bool:
+    """Whether the reader of stdout has gone away (a BrokenPipeError can also come from elsewhere)."""
     try:
-        return args.func(args)
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):   # no poll() (Windows) or no real stdout: assume it was
+        return True
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failure, 2 usage, 130 interrupted,
+    141 when the reader of stdout went away, as in ``fastload inspect DST | head``)."""
+    command = "?"
+    try:
+        args = build_parser().parse_args(argv)   # --help and --version print here
+        command = args.command
+        status = args.func(args)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError as e:
+        if not _stdout_closed():
+            print(f"fastload {command}: error: {e}", file=sys.stderr)
+            return 1
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except (FastloadError, OSError) as e:
-        print(f"fastload {args.command}: error: {e}", file=sys.stderr)
+        print(f"fastload {command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"fastload {args.command}: interrupted", file=sys.stderr)
+        print(f"fastload {command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -6,7 +6,9 @@ with torch's own DataLoader over the same JPEG files (same decode/crop/flip work
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,16 +56,33 @@ def _rate(loader, epochs: int) -> tuple[float, float, int]:
     return statistics.median(rates), ttfb, n
 
 
-def run_demo(workdir: str | os.PathLike = "fastload-demo", images: int = 1000, workers: int | None = None,
+def run_demo(out: str | os.PathLike | None = None, images: int = 1000, workers: int | None = None,
              batch_size: int = 64, size: int = 224, epochs: int = 3) -> dict:
-    """Run the demo in ``workdir`` and return its figures."""
+    """Run the demo and return its figures.
+
+    ``out``: where the photos and shards go (kept, and reused by the next run); None: a new temporary
+    directory, removed at the end.
+    """
+    if out is not None:
+        result = _run(Path(out), images, workers, batch_size, size, epochs)
+        print(f"the photos and the shards are in {out} (the next run with --out {out} reuses them)")
+        return result
+    tmp = Path(tempfile.mkdtemp(prefix="fastload-demo-"))
+    try:
+        return _run(tmp, images, workers, batch_size, size, epochs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"removed {tmp} (pass --out DIR to keep the photos and the shards)")
+
+
+def _run(workdir: Path, images: int, workers: int | None, batch_size: int, size: int, epochs: int) -> dict:
     import fastload
     from fastload import ops
     from fastload.demo_data import make_photo_imagefolder
 
-    workdir = Path(workdir)
     workers = workers if workers is not None else max(1, min(8, os.cpu_count() or 1))
     per_class = max(1, images // 10)
+    print(f"working in {workdir}")
     print(f"1/4 making {per_class * 10} JPEGs (500x375, q90) from scikit-image's sample photos in {workdir}/photos")
     photos = make_photo_imagefolder(workdir / "photos", images_per_class=per_class, progress=True)
 

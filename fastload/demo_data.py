@@ -79,8 +79,8 @@ def make_photo_imagefolder(root: str | os.PathLike, images_per_class: int = 20, 
     total = images_per_class * classes
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc="making photo dataset", unit="img")
+        from .progress import progress_bar
+        bar = progress_bar(total, "making photo dataset", unit="img")
     for c, (fname, cname) in enumerate(PHOTOS[:classes]):
         photo = _photo(fname)
         rng = np.random.default_rng([seed, c])

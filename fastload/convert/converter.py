@@ -125,9 +125,8 @@ def convert(source: Any, dst: str | os.PathLike, fields: Schema | Mapping[str, F
             init_worker(preparer)
             results = map(run_chunk, chunks)
         if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=n, unit="rec", desc=f"convert -> {Path(dst).name}", file=sys.stderr,
-                       smoothing=0.1)
+            from fastload.progress import progress_bar
+            bar = progress_bar(n, f"convert -> {Path(dst).name}", unit="rec", file=sys.stderr, smoothing=0.1)
         for batch in results:
             for rec in batch:
                 if isinstance(rec, Failure):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from fastload.formats.schema import EncodedImage
 
@@ -69,7 +69,11 @@ def encode_image(value: Any, quality: int = 90, max_side: int | None = None, ree
         value = Path(value).read_bytes()
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
-        im = Image.open(io.BytesIO(data))
+        try:
+            im = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:   # PIL's message is the repr of our BytesIO: name the bytes instead
+            raise UnidentifiedImageError(f"not a known image format ({len(data)} bytes starting {data[:8]!r})") \
+                from None
         if reencode or _fit(im.size, max_side) is not None:
             return _to_jpeg(im, quality, max_side)
         if validate:

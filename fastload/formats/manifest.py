@@ -1,6 +1,7 @@
 """``manifest.json``: the table of contents of a dataset directory (backend, schema, shards, totals)."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -18,6 +19,8 @@ BACKENDS = ("shards", "lmdb")
 MAX_MANIFEST = 256 << 20
 _FILE_RE = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,200}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+# torchvision's IMG_EXTENSIONS: what makes a folder of class folders an ImageFolder tree, for the error hint
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -99,10 +102,27 @@ class Manifest:
         return m
 
 
+def _make_one_hint(d: Path) -> str:
+    """How to get a dataset from what is at ``d``: an ImageFolder tree is named as such."""
+    try:
+        classes = [c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")]
+        looks_like_imagefolder = any(f.suffix.lower() in IMAGE_SUFFIXES for c in classes[:20]
+                                     for f in itertools.islice(c.iterdir(), 50))
+    except OSError:
+        looks_like_imagefolder = False
+    if looks_like_imagefolder:
+        return (f"It looks like an ImageFolder tree ({len(classes)} class folders): make a fastload dataset "
+                f"from it with `fastload convert {d} DST`")
+    return "`fastload convert SRC DST` makes one from an ImageFolder tree"
+
+
 def read_manifest(dataset: str | os.PathLike) -> Manifest:
     """Read and validate ``dataset/manifest.json``."""
     d = Path(dataset)
     p = d / MANIFEST
+    if d.is_file():
+        hint = f"; the dataset is its folder {d.parent}" if (d.parent / MANIFEST).is_file() else ""
+        raise FormatError(f"this is a file, not a fastload dataset directory{hint}", str(d))
     if not d.is_dir():
         raise FormatError("no fastload dataset here (directory does not exist)", str(d))
     try:
@@ -112,7 +132,7 @@ def read_manifest(dataset: str | os.PathLike) -> Manifest:
         obj = json.loads(p.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise FormatError("not a fastload dataset: no manifest.json (an interrupted conversion never "
-                          "writes one)", str(d)) from None
+                          f"writes one). {_make_one_hint(d)}", str(d)) from None
     except (OSError, ValueError, RecursionError) as e:
         raise FormatError(f"manifest cannot be read: {e}", str(p)) from None
     return Manifest.from_json(obj, str(p))

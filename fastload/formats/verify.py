@@ -43,8 +43,8 @@ def verify_dataset(path: str | os.PathLike, progress: bool = True) -> list[str]:
     problems: list[str] = []
     bar = None
     if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=m.num_bytes, unit="B", unit_scale=True, desc="verify", file=sys.stderr)
+        from ..progress import progress_bar
+        bar = progress_bar(m.num_bytes, "verify", unit="B", unit_scale=True, file=sys.stderr)
     start = 0
     for entry in m.shards:
         p = root / entry.file

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import simplejpeg
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from fastload.errors import CorruptRecordError
 
@@ -118,6 +118,9 @@ def _check_size(actual: tuple[int, int], size: tuple[int, int] | None) -> None:
 def _open_pil(data: Raw, size: tuple[int, int] | None) -> Image.Image:
     try:
         im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as e:   # its message is the repr of our BytesIO: name the bytes instead
+        raise CorruptRecordError(f"cannot read image: not a known image format ({len(data)} bytes starting "
+                                 f"{bytes(data[:8])!r})") from e
     except Exception as e:  # PIL raises many types for bad bytes (OSError, SyntaxError, struct.error, ...)
         raise CorruptRecordError(f"cannot read image: {e}") from e
     _check_size(im.size, size)

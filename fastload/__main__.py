@@ -1,0 +1,6 @@
+"""``python -m fastload ...``: the ``fastload`` command."""
+import sys
+
+from fastload.cli import main
+
+sys.exit(main())
