@@ -27,8 +27,24 @@ from fastload.loader.stats import LoaderStats, StageTotal, span
 Pair = collections.namedtuple("Pair", "a b")
 
 
-def _mine():
+@pytest.fixture(autouse=True)
+def _segments_before():
+    """Segments of loaders other tests left for the garbage collector are not this test's."""
+    import gc
+    gc.collect()
+    global _BEFORE
+    _BEFORE = set(_all_mine())
+
+
+_BEFORE: set = set()
+
+
+def _all_mine():
     return [f for f in os.listdir(SHM_DIR) if f.startswith(f"{PREFIX}{os.getpid()}_")]
+
+
+def _mine():
+    return [f for f in _all_mine() if f not in _BEFORE]
 
 
 # --- ring ----------------------------------------------------------------------------------------

@@ -112,6 +112,14 @@ class DistributedOrder(Sampler[int]):
         return {"epoch": self.epoch, "seed": self.seed, "world_size": self.world_size,
                 "consumed": self.start + consumed_here * self.world_size}
 
+    def state_differences(self, state: dict) -> list[str]:
+        """What in a saved :meth:`state_dict` this order cannot resume exactly (another seed: another global
+        order). Another world size is fine: the remaining samples are re-sliced."""
+        if state.get("seed") != self.seed:
+            return [f"it was saved with seed={state.get('seed')}; this loader has seed={self.seed} "
+                    f"(another global order)"]
+        return []
+
     def load_state_dict(self, state: dict) -> None:
         """Resume that pass: the next pass keeps its epoch and starts after the samples all ranks consumed
         (re-sliced among this world size's ranks)."""

@@ -75,9 +75,8 @@ def differences(saved: dict, loader) -> list[str]:
         out.append("it was saved by a distributed=True loader and this one is not distributed"
                    if dist_saved else "it was saved by a loader without distributed=True and this one is "
                    "distributed (a per-rank position cannot be re-sliced)")
-    if dist_saved and dist_here and o["distributed"].get("seed") != loader.sampler.seed:
-        out.append(f"it was saved with seed={o['distributed'].get('seed')}; this loader has seed={loader.sampler.seed} "
-                   f"(another global order)")
+    if dist_saved and dist_here:
+        out += loader.sampler.state_differences(o["distributed"])
     if o.get("length") is not None and o["length"] != mine.length:
         out.append(f"it was saved on a dataset of {o['length']} samples; this one has {mine.length}")
     if o.get("sampler") is not None and not dist_saved and o["sampler"] != mine.sampler:
