@@ -30,8 +30,8 @@ _LAZY = {
     # fastload.convert is the conversion package, callable as convert(source, dst, ...)
     "convert": ("fastload.convert", None),
     "ops": ("fastload.ops", None),
-    # fastload.profile is the profiler package, callable as profile(loader_or_path, ...)
-    "profile": ("fastload.profile", None),
+    # the profiler function; its package is fastload.profiling
+    "profile": ("fastload.profiling.profiler", "profile"),
     "formats": ("fastload.formats", None),
 }
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fastload.errors import FastloadError
-from fastload.profile.cli import add_parser as add_profile
+from fastload.profiling.cli import add_parser as add_profile
 
 
 # -- convert ------------------------------------------------------------------------------------------
@@ -171,6 +171,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f["stored"] = _image_encoding(options, f.get("quality", 90), from_files)
     if len(r):
         i = args.record
+        if not -len(r) <= i < len(r):
+            raise FastloadError(f"{r.path}: --record {i} is out of range ({len(r)} records)")
         info["sample"] = {"index": i, **{n: _describe(r, i, n) for n in r.schema}}
     if args.json:
         print(json.dumps(info, indent=1))
@@ -193,11 +195,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 # -- verify -------------------------------------------------------------------------------------------
 def add_verify(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check every file and record checksum; exit 1 on any mismatch",
-                       description="Hash every data file of DST against the sha256 in its manifest and check "
-                                   "every record's crc32. Prints one line per problem, naming the file, the "
-                                   "record in it and its global index; exit status 1 if there is any.")
+    p = sub.add_parser("verify", help="check a dataset as its readers will and every file and record checksum "
+                                      "(--decode: decode every image too); exit 1 on any problem",
+                       description="Check DST the way fastload's readers do (manifest, file types, links, "
+                                   "sizes, record counts, headers, indexes), then every file and record "
+                                   "checksum. With --decode, also decode every image in parallel and list every "
+                                   "record that does not decode. Exit status 1 when anything is wrong.")
     p.add_argument("dst", metavar="DST", help="dataset directory (the folder holding manifest.json)")
+    p.add_argument("--decode", action="store_true", help="also decode every image (in parallel) and list every "
+                                                          "record that does not decode")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding processes for --decode (default: all cores; 0: none)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output on stderr")
     p.set_defaults(func=cmd_verify)
 
@@ -205,13 +213,21 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     from fastload.formats import read_manifest, verify_dataset
     problems = verify_dataset(args.dst, progress=not args.quiet)
+    decoded = False
+    if args.decode and not problems:
+        from fastload.verify_decode import decode_failures
+        problems = [str(f) for f in decode_failures(args.dst, workers=args.workers, progress=not args.quiet)]
+        decoded = True
     if problems:
         for line in problems:
             print(line)
+        if args.decode and not decoded:
+            print("(images not decoded: a loader refuses this dataset before reading any; fix the above first)")
         print(f"FAILED: {len(problems)} problem(s) in {args.dst}")
         return 1
     m = read_manifest(args.dst)
-    print(f"OK: {m.num_records:,} records in {len(m.shards)} file(s), every checksum matches")
+    print(f"OK: {m.num_records:,} records in {len(m.shards)} file(s), every checksum matches"
+          + (", every record decodes" if decoded else ""))
     return 0
 
 

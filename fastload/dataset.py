@@ -7,9 +7,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import CorruptRecordError, FastloadError, FormatError
+from .errors import CorruptRecordError, FastloadError, FormatError, TransformError
 from .formats import open_dataset
 from .ops import compile_pipeline
+from .ops.timing import READ, StageTimes
 
 _BATCHABLE_SCALARS = {"int": np.int64, "float": np.float64}
 
@@ -25,7 +26,11 @@ class ShardDataset(torch.utils.data.Dataset):
     Args:
         path: the dataset directory written by ``fastload convert``.
         transforms: ``{field: [op, ...]}``; e.g. ``{"image": [ops.DecodeRandomResizedCrop(224),
-            ops.RandomHorizontalFlip()]}``.
+            ops.RandomHorizontalFlip()]}``. After the fastload ops, any callables (``v2.RandAugment()``,
+            ``ops.ToDtype(torch.float32, scale=True)``, ``ops.Normalize(mean, std)``, a function): each gets
+            the sample as a tensor (an image as ``[3, H, W]`` uint8) and returns a tensor. Their output
+            shape and dtype are taken from the first record (run once when the dataset opens) and every
+            sample must match; torch's RNG is seeded per sample, so their randomness follows ``seed=``.
         fields: which fields to return, in order (default: all, in schema order).
         readahead: let the OS read ahead (good for sequential scans; off for random access).
         verify_checksums: check each record's CRC as it is read (costs a pass over the bytes).
@@ -54,6 +59,26 @@ class ShardDataset(torch.utils.data.Dataset):
         self.kinds = {f: schema[f].kind for f in self.fields}
         self.pipelines = {f: compile_pipeline(schema[f], self.transforms.get(f, []))
                           for f in self.fields if self.kinds[f] in ("image", "ndarray")}
+        for f, pipe in self.pipelines.items():
+            if pipe.callables and len(self):
+                self._declare(f, pipe)
+
+    def _declare(self, field: str, pipe) -> None:
+        """Run the first readable record through ``field``'s callables once: their output shape and dtype
+        become the declared output every batch is laid out for."""
+        for candidate in self.candidates(0):
+            try:
+                value = self.reader.get(candidate, field)
+                size = self.reader.image_size(candidate, field) if self.kinds[field] == "image" else None
+                pipe.declare(value, size, np.random.default_rng(0))
+                return
+            except TransformError as e:
+                raise TransformError(f"{self.path}: field {field!r}, first record: {e}") from e
+            except (CorruptRecordError, FormatError):
+                if self.on_corrupt == "raise":
+                    raise
+        raise CorruptRecordError(f"no readable record to declare field {field!r}'s transforms with",
+                                 path=str(self.path))
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -96,13 +121,21 @@ class ShardDataset(torch.utils.data.Dataset):
         try:
             out = pipe.run(value, size, rng)
         except Exception as e:
+            self.reader.check_reads()     # a shard cut under the reader: that, not a decode error
             raise self._corrupt(index, field, e) from e
+        self.reader.check_reads()         # the bytes just decoded were really the file's (one C call)
+        if pipe.callables:
+            return out          # the callables' tensor
         if self.kinds[field] == "image" and pipe.output_shape is not None and self.transforms.get(field):
             return torch.from_numpy(out).permute(2, 0, 1)
         return out
 
     def _corrupt(self, index: int, field: str, e: Exception) -> Exception:
-        """The decode error ``e`` of one record, re-raised as a CorruptRecordError that says where it is."""
+        """The decode error ``e`` of one record, re-raised as a CorruptRecordError that says where it is (a
+        callable's TransformError gets the place added, and stays a TransformError: it is not bad data)."""
+        if isinstance(e, TransformError):
+            shard, record = self.reader.locate(index)
+            return TransformError(f"field {field!r} of sample {index} ({shard}, record {record}): {e}")
         if isinstance(e, (CorruptRecordError, FormatError)) and getattr(e, "path", None):
             return e
         if not isinstance(e, (CorruptRecordError, ValueError, OSError, SyntaxError, IndexError)):
@@ -114,7 +147,8 @@ class ShardDataset(torch.utils.data.Dataset):
     # --- whole batches (fastload's fast path) -----------------------------------------------------------
     def sample_spec(self) -> list[tuple[str, tuple, np.dtype]] | None:
         """Per-field output (name, per-sample shape, dtype), or None if some field cannot be batched in place
-        (variable-size images, bytes, JSON)."""
+        (variable-size images, bytes, JSON). An image field is HWC, ``(H, W, 3)`` uint8, as the fastload ops
+        write it; with callables it is what they returned for the first record (a CHW tensor's shape)."""
         spec = []
         for f in self.fields:
             kind = self.kinds[f]
@@ -129,13 +163,20 @@ class ShardDataset(torch.utils.data.Dataset):
                 return None
         return spec
 
-    def write_sample(self, index: int, outs: dict[str, np.ndarray], rng: np.random.Generator | None) -> None:
-        """Decode and augment record ``index`` straight into ``outs[field]`` (arrays of the spec's shapes)."""
+    def write_sample(self, index: int, outs: dict[str, np.ndarray], rng: np.random.Generator | None,
+                     times: StageTimes | None = None) -> None:
+        """Decode and augment record ``index`` straight into ``outs[field]`` (arrays of the spec's shapes).
+        ``times``, when given, collects the seconds of each stage (read, decode, augment, callables)."""
         for f, out in outs.items():
             pipe = self.pipelines[f]
+            t0 = StageTimes.start() if times is not None else None
             value = self.reader.get(index, f)
             size = self.reader.image_size(index, f) if self.kinds[f] == "image" else None
+            if times is not None:
+                times.lap(READ, t0)
             try:
-                pipe.run_into(value, size, out, rng)
+                pipe.run_into(value, size, out, rng, times)
             except Exception as e:
+                self.reader.check_reads()
                 raise self._corrupt(index, f, e) from e
+            self.reader.check_reads()

@@ -167,9 +167,9 @@ def test_reader_pickles_small_and_works_in_spawned_and_forked_processes(tmp_path
     r = _write(tmp_path / "ds", backend, samples)
     expected = _read_in_child(r)                   # opens the stores in this process first
     blob = pickle.dumps(r)
-    assert len(blob) < 400 and b"image" not in blob   # path and options, no data, no schema
+    assert len(blob) < 600 and b"image" not in blob   # path, options, file identities; no data, no schema
     state = r.__getstate__()
-    assert set(state) == {"path", "options"}
+    assert set(state) == {"path", "options", "identities"}
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         assert pool.apply(_read_in_child, (r,)) == expected
     if "fork" in multiprocessing.get_all_start_methods():

@@ -69,10 +69,13 @@ def test_invalid_op_lists_are_refused():
         compile_pipeline(SimpleNamespace(kind="int"), [RandomHorizontalFlip()])
     with pytest.raises(ValueError):
         compile_pipeline(SimpleNamespace(kind="ndarray", dtype=np.uint8, shape=(8, 8, 3)), [Decode()])
-    with pytest.raises(TypeError, match="loader"):
-        compile_pipeline(None, [DecodeRandomResizedCrop(224), Normalize((0.5,) * 3, (0.5,) * 3)])
-    with pytest.raises(TypeError):
-        compile_pipeline(None, [lambda x: x])
+    with pytest.raises(ValueError, match="must come first"):    # fastload ops before the callables
+        compile_pipeline(None, [DecodeRandomResizedCrop(224), Normalize((0.5,) * 3, (0.5,) * 3),
+                                RandomHorizontalFlip()])
+    with pytest.raises(TypeError, match="neither"):
+        compile_pipeline(None, [Decode(), "flip"])
+    with pytest.raises(ValueError, match="takes no ops"):
+        compile_pipeline(SimpleNamespace(kind="int"), [lambda x: x])
     with pytest.raises(ValueError):
         DecodeRandomResizedCrop(224, scale=(1.0, 0.5))
     with pytest.raises(ValueError):
@@ -146,17 +149,22 @@ def test_corrupt_bytes_raise_corrupt_record_error(jpeg, case, make):
             p.run(data, size, np.random.default_rng(0))
 
 
-def test_damaged_scan_data_is_decoded_like_pil_does(jpeg):
-    """A stray marker in the scan: libjpeg-turbo only warns, the fast path (strict) hands the file to PIL,
-    which decodes it as torchvision's loader would. Zeroed scan data PIL reports as truncated: we raise."""
+def test_damaged_scan_data_is_refused_not_padded(jpeg):
+    """A stray marker in the scan: libjpeg-turbo stops there and pads the rest of the image with grey (PIL
+    returns that padded image without a word); a cut scan with an EOI appended, the same. Both are refused
+    (issue 11: truncated images are refused, not padded). Zeroed scan data PIL reports as truncated."""
     sos = jpeg.index(b"\xff\xda")
-    data = jpeg[:sos + 649] + b"\xff\xd3" + jpeg[sos + 651:]
-    p = compile_pipeline(None, [])
-    np.testing.assert_array_equal(p.run(data, (200, 150), None),
-                                  np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-    assert p.stats.pil_fallback == 1
-    with pytest.raises(CorruptRecordError, match="truncated"):
-        p.run(mangled(jpeg)["zeroed_scan"], (200, 150), None)
+    stray = jpeg[:sos + 649] + b"\xff\xd3" + jpeg[sos + 651:]
+    padded = np.asarray(Image.open(io.BytesIO(stray)).convert("RGB"))
+    assert (padded[-20:] == 128).all()                     # what PIL would have handed over
+    cut = jpeg[:len(jpeg) // 2] + b"\xff\xd9"
+    for ops in ([], [DecodeRandomResizedCrop(32)], [DecodeCenterCrop(32, resize=40)]):
+        p = compile_pipeline(None, ops)
+        for data in (stray, cut):
+            with pytest.raises(CorruptRecordError, match="truncated"):
+                p.run(data, (200, 150), np.random.default_rng(0))
+        with pytest.raises(CorruptRecordError, match="truncated"):
+            p.run(mangled(jpeg)["zeroed_scan"], (200, 150), np.random.default_rng(0))
 
 
 def test_size_mismatch_is_a_corrupt_record(jpeg):

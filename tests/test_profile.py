@@ -1,4 +1,4 @@
-"""``fastload.profile``: each bottleneck built for real, and the verdict checked against it.
+"""``fastload.profile()``: each bottleneck built for real, and the verdict checked against it.
 
 * storage-bound: the dataset read through a simulated 1 MB/s device shared by every worker process;
 * decode-bound: 1600x1200 JPEGs decoded at full size (no DCT downscale), then more ops;
@@ -22,8 +22,9 @@ import torch
 import fastload
 from fastload import ops
 from fastload.demo_data import make_photo_imagefolder
-from fastload.profile import ProfileReport, validate_trace
-from fastload.profile import profile as run_profile
+from fastload.profiling import ProfileReport, ThrottledReader, validate_trace
+from fastload.profiling import profile as run_profile
+from fastload.profiling.verdict import Bound, Resource
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"image": [ops.DecodeRandomResizedCrop(64), ops.RandomHorizontalFlip()]}
@@ -52,24 +53,24 @@ def big_ds(tmp_path_factory) -> Path:
 
 
 def _ceil(rep: ProfileReport, name: str) -> float:
-    return rep.verdict["ceilings"][name]["samples_s"]
+    return rep.verdict.ceilings[name].samples_s
 
 
 def test_storage_bound_through_a_slow_shared_device(small_ds):
     ds = fastload.ShardDataset(small_ds, transforms=SMALL)
     rep = run_profile(ds, simulate_storage_mb_s=1.0, batch_size=8, workers=[1, 2], steps=0, **FAST)
     v = rep.verdict
-    assert v["bound"] == "storage", rep.text()
-    assert v["headline"].startswith("Storage-bound")
+    assert v.bound == "storage", rep.text()
+    assert v.headline.startswith("Storage-bound")
     storage, cpu, loader = _ceil(rep, "storage"), _ceil(rep, "cpu"), _ceil(rep, "loader")
     # one simulated device for all processes: two workers cannot read faster than the device
     assert loader <= 1.3 * storage, rep.text()
-    assert storage < 0.2 * cpu
-    assert any("Faster storage" in a for a in v["actions"])
+    assert storage < 0.5 * cpu          # (the CPU ceiling is what other processes left of the cores)
+    assert any("Faster storage" in a for a in v.actions)
     assert "SIMULATED slow storage" in rep.text()
     # the probe went through the same simulated device (sequential reads too)
-    assert rep["storage"]["warm"]["sequential"]["mb_s"] < 1.5
-    assert not isinstance(ds.reader, fastload.profile.ThrottledReader)   # the caller's dataset is untouched
+    assert rep.storage["warm"]["sequential"]["mb_s"] < 1.5
+    assert not isinstance(ds.reader, ThrottledReader)   # the caller's dataset is untouched
 
 
 def test_decode_bound_on_big_jpegs(big_ds, tmp_path):
@@ -79,25 +80,25 @@ def test_decode_bound_on_big_jpegs(big_ds, tmp_path):
     ds = fastload.ShardDataset(big_ds, transforms=heavy)
     rep = run_profile(ds, batch_size=4, workers=[0, 2], steps=6, out=tmp_path / "out", **FAST)
     v = rep.verdict
-    assert v["resource"] == "cpu" and v["bound"] == "decode", rep.text()
-    stages = rep["cpu"]["stages"]
+    assert v.resource == "cpu" and v.bound == "decode", rep.text()
+    stages = rep.cpu["stages"]
     top = max(stages, key=lambda s: s["cpu_ms"])
-    assert top["name"] == "decode+random-resized-crop" and top["share"] > 0.7
+    assert top["name"].startswith("decode+random-resized-crop") and top["share"] > 0.5
     assert [s["name"] for s in stages][-2:] == ["augment: CenterCrop(size=(112, 112))",
                                                 "collate (in place; labels from the index)"]
     # whether the native JPEG path ran is reported (on where the extension is built)
-    native = rep["cpu"]["decode_stats"]["native"]
+    native = rep.cpu["decode_stats"]["native"]
     assert native["available"] == ops.jpeg.partial_decode_available()
     assert ("native decode+resize (libjpeg-turbo" if native["available"] else "native decode+resize OFF") in rep.text()
     if native["available"]:
-        assert rep["cpu"]["decode_stats"]["partial"] == rep["cpu"]["decode_stats"]["decoded"] > 0
+        assert rep.cpu["decode_stats"]["partial"] == rep.cpu["decode_stats"]["decoded"] > 0
     # the loader is near what the cores allow, and storage is far above
     assert _ceil(rep, "loader") >= 0.5 * _ceil(rep, "cpu")
     assert _ceil(rep, "storage") > 5 * _ceil(rep, "cpu")
     # the --max-side suggestion is measured, and it does help
-    wi = rep["cpu"]["what_if_max_side"]
+    wi = rep.cpu["what_if_max_side"]
     assert wi["max_side"] == 256 and wi["cpu_ms_after"] < 0.5 * wi["cpu_ms_before"]
-    assert any("--max-side 256" in a for a in v["actions"])
+    assert any("--max-side 256" in a for a in v.actions)
     # the workers and the main process are in the trace, on one timeline
     trace = json.loads((tmp_path / "out" / "trace.json").read_text())
     assert validate_trace(trace) == []
@@ -111,32 +112,42 @@ def test_decode_bound_on_big_jpegs(big_ds, tmp_path):
 
 def test_transfer_bound_simulated_and_labelled(small_ds):
     ds = fastload.ShardDataset(small_ds, transforms=SMALL)
-    rep = run_profile(ds, transfer_gbps=0.005, batch_size=16, workers=[1], steps=12, **FAST)
+    rep = run_profile(ds, transfer_gbps=0.0025, batch_size=16, workers=[1], steps=12, **FAST)
     v = rep.verdict
-    assert v["bound"] == "transfer", rep.text()
-    assert "SIMULATED" in v["headline"] and "no GPU" in v["headline"]
-    assert rep.verdict["ceilings"]["transfer"]["simulated"] is True
-    copy = rep["stall"]["copy"]
-    assert copy["simulated"] and 0.003 < copy["gb_s"] < 0.0055
-    # the step received what the copy allows: ~12 KB per sample at 5 MB/s is ~400 samples/s
-    assert rep["stall"]["samples_s"] <= 1.25 * _ceil(rep, "transfer")
-    assert _ceil(rep, "transfer") < 0.3 * _ceil(rep, "cpu")
+    assert v.bound == "transfer", rep.text()
+    assert "SIMULATED" in v.headline and "no GPU" in v.headline
+    assert rep.verdict.ceilings["transfer"].simulated is True
+    copy = rep.stall["copy"]
+    assert copy["simulated"] and 0.0015 < copy["gb_s"] < 0.00275
+    # the step received what the copy allows: ~12 KB per sample at 2.5 MB/s is ~200 samples/s, well under
+    # what the CPU left by other processes allows
+    assert rep.stall["samples_s"] <= 1.25 * _ceil(rep, "transfer")
+    assert _ceil(rep, "transfer") < 0.5 * _ceil(rep, "cpu")
     text = rep.text()
     assert "no CUDA" in text and "SIMULATED copy" in text
-    assert any("simulated copy rate" in a for a in v["actions"])
+    assert any("simulated copy rate" in a for a in v.actions)
 
 
 def test_copy_overlap_is_split_from_the_loader_wait(small_ds):
     ds = fastload.ShardDataset(small_ds, transforms=SMALL)
-    quick = dict(batch_size=16, steps=10, transfer_gbps=0.005, sweep=False, cpu=False, storage=False, progress=False)
-    # a 40 ms copy behind a 60 ms step is hidden; behind a 20 ms step, about 20 ms of it shows
-    hidden = run_profile(ds, step_time=0.06, **quick)
-    assert hidden.bound == "model" and hidden["stall"]["copy"]["hidden_pct"] > 85
-    shown = run_profile(ds, step_time=0.02, **quick)
-    c = shown["stall"]["copy"]
-    assert shown.bound == "transfer", shown.text()
-    assert 12 < c["exposed_ms_per_step"] < 32 and c["loader_wait_ms_per_step"] < 8
-    assert 20 < c["hidden_pct"] < 70 and 35 < shown["stall"]["stall_pct"] < 70
+    quick = dict(batch_size=16, steps=10, transfer_gbps=0.0025, sweep=False, cpu=False, storage=False,
+                 progress=False)
+    # an ~80 ms copy (16 x ~12 KB at 2.5 MB/s) behind a 120 ms step is hidden; behind a 40 ms step, about 40 ms
+    # of it shows. The loader needs only ~200 samples/s to keep up, a few % of a core
+    hidden = run_profile(ds, step_time=0.12, **quick)
+    assert hidden.bound == "model" and hidden.stall["copy"]["hidden_pct"] > 85
+    shown = run_profile(ds, step_time=0.04, **quick)
+    c = shown.stall["copy"]
+    assert 25 < c["exposed_ms_per_step"] < 60 and 25 < c["hidden_pct"] < 70, shown.text()
+    if c["loader_wait_ms_per_step"] < 0.25 * c["exposed_ms_per_step"]:
+        # the loader kept up: what the step waits for is the copy
+        assert shown.bound == "transfer", shown.text()
+        assert 30 < shown.stall["stall_pct"] < 65
+    else:
+        # so busy a machine that even this loader fell behind: the profiler must not blame the copy alone,
+        # and must say the machine was shared
+        assert shown.bound in ("transfer", "loader"), shown.text()
+        assert any("shared the machine with other processes" in e for e in shown.verdict.evidence), shown.text()
 
 
 def test_model_bound_slow_step_has_no_stall(small_ds):
@@ -144,29 +155,30 @@ def test_model_bound_slow_step_has_no_stall(small_ds):
     # a 200 ms step: a waking VM core costs ~1-3 ms per batch, which must stay small next to the step
     rep = run_profile(ds, step_time=0.2, batch_size=8, workers=[1], steps=8, **FAST)
     v = rep.verdict
-    assert v["bound"] == "model", rep.text()
-    assert rep["stall"]["stall_pct"] < 5
-    assert rep["stall"]["simulated_step"] is True
-    assert v["factor"] > 3                       # the loader could feed a much faster model
-    assert "(simulated)" in v["headline"]
+    assert v.bound == "model", rep.text()
+    assert rep.stall["stall_pct"] < 5
+    assert rep.stall["simulated_step"] is True
+    assert v.factor > 3                       # the loader could feed a much faster model
+    assert "(simulated)" in v.headline
 
 
 def test_imagefolder_is_compared_with_fastload_ops(small_folder, tmp_path):
     rep = run_profile(small_folder, batch_size=8, size=64, workers=[0], steps=0, out=tmp_path, **FAST)
-    assert rep["target"]["kind"].startswith("ImageFolder")
-    names = [s["name"] for s in rep["cpu"]["stages"]]
-    assert names == ["read", "decode (PIL)", "augment: RandomResizedCrop(64)", "augment: RandomHorizontalFlip(p=0.5)",
-                     "convert: ToTensor()", "normalize: Normalize(imagenet)", "collate"]
-    cmp_ = rep["compare"]
+    assert rep.target["kind"].startswith("ImageFolder")
+    stages = rep.cpu["stages"]
+    assert [s["kind"] for s in stages] == ["read", "decode", "augment", "augment", "convert", "normalize", "collate"]
+    assert stages[1]["name"] == "decode (PIL)" and stages[2]["name"].startswith("augment: RandomResizedCrop(")
+    assert "torchvision" in rep.target["pipeline_name"] and "compared on the same files: rrc" in rep.target["pipeline_name"]
+    cmp_ = rep.compare
     assert cmp_["gain"] > 1.0 and cmp_["fastload_ceiling_s"] > cmp_["pil_ceiling_s"]
     assert "through fastload's fused ops" in rep.text()
-    if rep.verdict["resource"] == "cpu":
-        assert any("fastload convert" in a for a in rep.verdict["actions"])
-    assert rep["sweep"]["points"][0]["dtypes"] == ["float32", "int64"]
+    if rep.verdict.resource == "cpu":
+        assert any("fastload convert" in a for a in rep.verdict.actions)
+    assert rep.sweep["points"][0]["dtypes"] == ["float32", "int64"]
 
 
 def test_torch_dataloader_with_a_real_step(small_folder):
-    from fastload.profile.imagefolder import PILImageFolder, classic_train_transform
+    from fastload.profiling.imagefolder import PILImageFolder, classic_train_transform
     loader = torch.utils.data.DataLoader(PILImageFolder(small_folder, classic_train_transform(48)), batch_size=6,
                                          shuffle=True)
     seen = []
@@ -175,21 +187,24 @@ def test_torch_dataloader_with_a_real_step(small_folder):
         images, labels = batch
         seen.append(images.shape)
         time.sleep(0.05)
-    rep = fastload.profile.profile(loader, steps=5, step=train_step, workers=[0, 1], **FAST)
-    assert rep["stall"]["step"] == "train_step(batch)" and rep["stall"]["simulated_step"] is False
+    rep = fastload.profiling.profile(loader, steps=5, step=train_step, workers=[0, 1], **FAST)
+    assert rep.stall["step"] == "train_step(batch)" and rep.stall["simulated_step"] is False
     assert seen and all(s == (6, 3, 48, 48) for s in seen) and len(seen) == 6      # first batch + 5 steps
-    assert rep["storage"]["files"] == 60                                               # the dataset's files
-    assert {s["kind"] for s in rep["cpu"]["stages"]} == {"read", "decode", "augment", "convert", "normalize",
+    assert rep.storage["files"] == 60                                               # the dataset's files
+    assert {s["kind"] for s in rep.cpu["stages"]} == {"read", "decode", "augment", "convert", "normalize",
                                                          "collate"}
-    assert [p["workers"] for p in rep["sweep"]["points"]] == [0, 1]
-    assert rep.verdict["bound"] in ("model", "decode", "augment", "loader")
+    assert [p["workers"] for p in rep.sweep["points"]] == [0, 1]
+    assert rep.verdict.bound in ("model", "decode", "augment", "loader")
 
 
-def test_plain_iterable_and_callable_package():
+def test_plain_iterable_and_the_profile_function():
+    import inspect
+    import fastload.profiling
+    assert inspect.isfunction(fastload.profile) and not callable(fastload.profiling)   # no callable module
     batches = [torch.zeros(4, 3)] * 10
-    rep = fastload.profile(batches, steps=5, step_time=0.01, progress=False)    # the package itself is callable
-    assert rep.verdict["bound"] == "model"
-    assert rep["sweep"]["skipped"] and rep["cpu"]["skipped"]
+    rep = fastload.profile(batches, steps=5, step_time=0.01, progress=False)
+    assert rep.verdict.bound == "model"
+    assert rep.sweep["skipped"] and rep.cpu["skipped"]
     assert "Model-bound" in rep.text()
 
 
@@ -202,14 +217,14 @@ def test_ctrl_c_in_the_stall_run_gives_a_partial_report(small_ds):
         if len(calls) == 3:
             raise KeyboardInterrupt
     rep = run_profile(ds, step=step, batch_size=8, workers=[1], steps=50, **FAST)
-    assert rep["partial"] and rep["interrupted_in"] == "stall"
-    assert rep["sweep"]["points"] and rep.verdict["bound"]   # what was measured is kept and judged
+    assert rep.partial and rep.interrupted_in == "stall"
+    assert rep.sweep["points"] and rep.verdict.bound   # what was measured is kept and judged
     assert "PARTIAL" in rep.text()
 
 
 def test_cli_ctrl_c_prints_the_partial_report(small_ds, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "fastload.profile", str(small_ds), "--out", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "fastload.profiling", str(small_ds), "--out", str(tmp_path),
                              "--size", "64", "--batch-size", "8", "--workers", "0,1,2,1,2", "--seconds", "3",
                              "--no-cold", "--no-plot"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
@@ -230,15 +245,17 @@ def test_cli_ctrl_c_prints_the_partial_report(small_ds, tmp_path):
 
 def test_cli_json_files_and_plot(small_ds, tmp_path, capsys):
     import argparse
-    from fastload.profile.cli import add_parser, run
+    from fastload.profiling.cli import add_parser, run
     parser = argparse.ArgumentParser(prog="fastload")
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["profile", str(small_ds), "--json", "--out", str(tmp_path / "p"), "--size", "64",
                               "--batch-size", "8", "--workers", "0,1", "--prefetch", "2", "--seconds", "0.5",
-                              "--steps", "4", "--step-ms", "5", "-q"])
+                              "--steps", "4", "--step-ms", "5", "--pipeline", "center", "-q"])
     assert args.func(args) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["verdict"]["bound"] and report["stall"]["steps"] == 4
+    assert report["verdict"]["bound"] in {b.value for b in Bound} and report["stall"]["steps"] == 4
+    assert report["target"]["pipeline_name"].startswith("center: ")       # the report says which pipeline ran
+    assert report["target"]["pipeline"]["image"].startswith("DecodeCenterCrop(size=(64, 64)")
     assert report["storage"]["cold"]     # measured, or skipped with the reason
     for name in ("report.txt", "report.json", "trace.json"):
         assert (tmp_path / "p" / name).stat().st_size > 0
@@ -247,3 +264,29 @@ def test_cli_json_files_and_plot(small_ds, tmp_path, capsys):
     png = (tmp_path / "p" / "profile.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     assert run is args.func
+
+
+def test_pipeline_choice_and_user_callables_are_profiled(small_ds):
+    only_cpu = dict(batch_size=8, size=48, steps=0, sweep=False, storage=False, **FAST)
+    rep = run_profile(small_ds, pipeline="decode", **only_cpu)
+    assert rep.target["pipeline_name"].startswith("decode: ")
+    assert "pipeline  decode: full-size decode" in rep.text()
+    assert [s["kind"] for s in rep.cpu["stages"]] == ["read", "decode", "augment", "collate"]
+    with pytest.raises(ValueError, match="unknown pipeline 'crop'.*rrc, center, decode"):
+        run_profile(small_ds, pipeline="crop", **only_cpu)
+    with pytest.raises(ValueError, match="applies to a dataset path"):
+        run_profile(fastload.ShardDataset(small_ds, transforms=SMALL), pipeline="rrc", **only_cpu)
+
+    def jitter(x):                       # a user's own augmentation, after the fused crop: 2 ms CPU a sample
+        end = time.thread_time() + 0.002
+        while time.thread_time() < end:
+            pass
+        return x.flip(-1)
+    ds = fastload.ShardDataset(small_ds, transforms={"image": [*SMALL["image"], jitter, ops.ToDtype(torch.float32)]})
+    rep = run_profile(ds, **only_cpu)
+    assert rep.target["pipeline_name"] == "the dataset's own transforms"
+    rows = {s["kind"]: s for s in rep.cpu["stages"] if s["name"].startswith("callables: ")}
+    row = rows["augment"]
+    assert "jitter" in row["name"] and "ToDtype" in row["name"]
+    assert row["cpu_ms"] > 1.0 and row["share"] > 0.5          # the callables' time, measured by their stage
+    assert rep.verdict.bound is Bound.AUGMENT and rep.verdict.resource is Resource.CPU, rep.text()

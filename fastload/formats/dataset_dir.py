@@ -19,11 +19,18 @@ import numpy as np
 from fastload.errors import CorruptRecordError, FormatError
 from fastload.formats.dataset_writer import TEMP_RE
 from fastload.formats.lmdbstore import LMDBReader
-from fastload.formats.manifest import MANIFEST, Manifest, read_manifest
+from fastload.formats.mapping_guard import TRUNCATED, faults
+from fastload.formats.manifest import MANIFEST, Manifest, ShardEntry, read_manifest
+from fastload.formats.regular_file import FileIdentity
 from fastload.formats.schema import ImageField, Schema
-from fastload.formats.shard import ShardReader
+from fastload.formats.shard import ShardReader, shard_record_count
 
 Store = ShardReader | LMDBReader
+DATASET_CHANGED = ("the dataset changed after this reader opened it (re-converted with --overwrite, or files "
+                   "replaced or rewritten): refusing to mix two datasets; restart the job")
+CHANGED = ("file was replaced, removed or rewritten after the dataset was opened (re-converted with --overwrite?): "
+           "refusing to mix two datasets; restart the job")
+_faults = faults
 
 
 def open_dataset(path: str | os.PathLike, readahead: bool = False, verify_reads: bool = False) -> "DatasetReader":
@@ -45,20 +52,23 @@ class DatasetReader:
         self.options = {"readahead": bool(readahead), "verify_reads": bool(verify_reads)}
         self._open()
 
-    def _open(self) -> None:
+    def _open(self, expected: tuple | None = None) -> None:
+        """Read and check the manifest against the files; ``expected`` (the identities recorded when this
+        reader was first opened, in another process or before a fork) must match: a dataset replaced
+        under a running loader is refused, never mixed with the one it opened."""
         if TEMP_RE.search(self.path.name):
             raise FormatError("this is the temporary directory of an unfinished or replaced conversion, "
                               "not a dataset; run the conversion again", str(self.path))
-        m = read_manifest(self.path)
-        for s in m.shards:
-            p = self.path / s.file
-            try:
-                size = p.stat().st_size
-            except OSError:
-                raise FormatError("data file listed in the manifest is missing", str(p)) from None
-            if size != s.num_bytes:
-                raise FormatError(f"file is {size} bytes, the manifest says {s.num_bytes}: truncated or "
-                                  "replaced", str(p))
+        try:
+            m = read_manifest(self.path)
+            identities = [self._check_file(m, s) for s in m.shards]
+        except FormatError:
+            if expected is not None and self._any_changed(expected):
+                raise FormatError(DATASET_CHANGED, str(self.path)) from None
+            raise
+        self._identities = tuple(identities)
+        if expected is not None and tuple(expected) != self._identities:
+            raise FormatError(DATASET_CHANGED, str(self.path))
         self._manifest = m
         self._counts = [s.num_records for s in m.shards]
         self._ends = list(accumulate(self._counts))
@@ -68,37 +78,89 @@ class DatasetReader:
         self._columns: dict[str, np.ndarray] = {}
         self._views: dict[str, list] = {}
         self._verify_reads = self.options["verify_reads"]
+        self._faults_seen = _faults()
         self._pid = os.getpid()
+
+    def _check_file(self, m: Manifest, s: ShardEntry) -> FileIdentity:
+        """The checks of one data file at open (type, links, size, record count); returns its identity."""
+        p = self.path / s.file
+        if m.backend == "lmdb":
+            identity = self._check_lmdb(p, s)
+        else:
+            count, identity = shard_record_count(p, self.path)
+            if count != s.num_records:
+                raise FormatError(f"shard holds {count:,} records, the manifest says {s.num_records:,}", str(p))
+        if identity.size != s.num_bytes:
+            raise FormatError(f"file is {identity.size} bytes, the manifest says {s.num_bytes}: truncated or "
+                              "replaced", str(p))
+        return identity
+
+    def _any_changed(self, expected: tuple) -> bool:
+        """Whether any data file recorded in ``expected`` is gone or no longer the same file."""
+        try:
+            current = {e.inode(): e.path for e in os.scandir(self.path)}
+            return any(i.ino not in current or FileIdentity.of(os.stat(current[i.ino])) != i for i in expected)
+        except OSError:
+            return True
+
+    def _check_lmdb(self, p: Path, entry: ShardEntry) -> FileIdentity:
+        """Open the environment now (its meta pages and header are checked) and compare its record count."""
+        reader = LMDBReader(p, readahead=self.options["readahead"], root=self.path)
+        try:
+            if len(reader) != entry.num_records:
+                raise FormatError(f"environment holds {len(reader):,} records, the manifest says "
+                                  f"{entry.num_records:,}", str(p))
+            return reader.identity
+        finally:
+            reader.close()
 
     # -- per-process state -------------------------------------------------------------------------
     def __getstate__(self) -> dict:
-        return {"path": str(self.path), "options": dict(self.options)}
+        # the identities travel: a worker reopening a dataset replaced since then refuses it
+        return {"path": str(self.path), "options": dict(self.options),
+                "identities": [tuple(i) for i in self._identities]}
 
     def __setstate__(self, state: dict) -> None:
         self.path = Path(state["path"])
         self.options = dict(state["options"])
+        self._identities = tuple(FileIdentity(*i) for i in state.get("identities") or ())
         self._pid = None          # reopen lazily in the process that uses it
 
     def _ensure_open(self) -> None:
         if self._pid != os.getpid():
             # After fork the parent's stores must not be touched (LMDB); just forget them.
             self.__dict__.pop("_parts", None)
-            self._open()
+            self._open(expected=self._identities)
 
     def _part(self, k: int) -> Store:
         part = self._parts[k]
         if part is None:
             entry = self._manifest.shards[k]
             p = self.path / entry.file
-            if self._manifest.backend == "lmdb":
-                part = LMDBReader(p, readahead=self.options["readahead"])
-            else:
-                part = ShardReader(p, readahead=self.options["readahead"])
+            try:
+                if self._manifest.backend == "lmdb":
+                    part = LMDBReader(p, readahead=self.options["readahead"], root=self.path)
+                else:
+                    part = ShardReader(p, readahead=self.options["readahead"], root=self.path)
+            except FormatError:
+                if self._changed(k):
+                    raise FormatError(CHANGED, str(p)) from None
+                raise
+            if part.identity != self._identities[k]:
+                part.close()
+                raise FormatError(CHANGED, str(p))
             if len(part) != entry.num_records or part.schema != self._manifest.schema:
                 part.close()
                 raise FormatError("shard does not match the manifest (record count or schema)", str(p))
             self._parts[k] = part
         return part
+
+    def _changed(self, k: int) -> bool:
+        """Whether data file ``k`` is no longer the file this reader opened (gone, replaced, rewritten)."""
+        try:
+            return FileIdentity.of(os.stat(self.path / self._manifest.shards[k].file)) != self._identities[k]
+        except OSError:
+            return True
 
     def _locate(self, index: int) -> tuple[Store, int, int]:
         if self._pid != os.getpid():
@@ -110,6 +172,8 @@ class DatasetReader:
             raise IndexError(f"index {index} out of range for {self.path} ({self._len} records)")
         k = bisect_right(self._ends, i)
         part = self._parts[k] or self._part(k)
+        if _faults() != self._faults_seen:
+            self.check_reads()
         return part, i - self._starts[k], i
 
     # -- the reading API (docs/ARCHITECTURE.md) -----------------------------------------------------
@@ -148,14 +212,30 @@ class DatasetReader:
         part = self._parts[k] or self._part(k)
         if self._verify_reads:
             part.check(i - self._starts[k], i)
-        return part.get(i - self._starts[k], field, i)
+        value = part.get(i - self._starts[k], field, i)
+        if _faults() != self._faults_seen:
+            self.check_reads()
+        return value
+
+    def check_reads(self) -> None:
+        """FormatError naming the file if a mapped read of this reader hit a file cut while it was mapped
+        (SIGBUS, absorbed by the guard: see mapping_guard). Called by ``get`` and, after decoding, by
+        ShardDataset, so data read from a vanished page is never passed on."""
+        if _faults() == self._faults_seen:
+            return
+        for k, part in enumerate(self.__dict__.get("_parts") or []):
+            if part is not None and part.guard.faulted:
+                raise FormatError(TRUNCATED, str(self.path / self._manifest.shards[k].file))
+        self._faults_seen = _faults()       # another reader's file: not ours to report
 
     def record(self, index: int) -> dict[str, Any]:
         """Every field of record ``index``."""
         part, local, i = self._locate(index)
         if self._verify_reads:
             part.check(local, i)
-        return {name: part.get(local, name, i) for name in self._manifest.schema}
+        rec = {name: part.get(local, name, i) for name in self._manifest.schema}
+        self.check_reads()
+        return rec
 
     def image_size(self, index: int, field: str) -> tuple[int, int]:
         """(width, height) of an image field, from the index (no decode)."""
@@ -199,12 +279,13 @@ class DatasetReader:
             raise IndexError(f"indices out of range for {self.path} ({self._len} records)")
         if len(views) == 1:
             np.take(views[0], idx, axis=0, out=out)
-            return True
-        shard = np.searchsorted(np.asarray(self._ends), idx, side="right")
-        starts = np.asarray(self._starts)
-        for k in np.unique(shard):
-            sel = np.nonzero(shard == k)[0]
-            out[sel] = views[k][idx[sel] - starts[k]]
+        else:
+            shard = np.searchsorted(np.asarray(self._ends), idx, side="right")
+            starts = np.asarray(self._starts)
+            for k in np.unique(shard):
+                sel = np.nonzero(shard == k)[0]
+                out[sel] = views[k][idx[sel] - starts[k]]
+        self.check_reads()
         return True
 
     def locate(self, index: int) -> tuple[Path, int]:

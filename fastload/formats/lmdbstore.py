@@ -21,8 +21,10 @@ import numpy as np
 
 from fastload.errors import CorruptRecordError, FormatError
 from fastload.formats.indexed import IndexedRecords
+from fastload.formats.mapping_guard import TRUNCATED, MappingGuard, buffer_address
 from fastload.formats.records import (IndexBuilder, PackedRecord, check_align, index_row, pack_record,
                                       validate_index)
+from fastload.formats.regular_file import FileIdentity, open_regular
 from fastload.formats.schema import Field, Schema
 from fastload.formats.shard import MAX_HEADER, ShardInfo, parse_header, schema_from_header
 
@@ -38,20 +40,88 @@ def record_key(i: int) -> bytes:
 
 
 class _OpenEnv:
-    """One read-only environment and its long-lived read transaction, shared by this process's readers.
+    """One read-only environment and its read transaction, shared by this process's readers.
 
     liblmdb forbids opening an environment twice in a process, and values are views of its map, so an
-    environment stays open for the life of the process (closing it would leave views dangling).
+    environment stays open for the life of the process (closing it would leave views dangling). After a
+    read fails (a damaged page), ``renew`` starts a fresh transaction: liblmdb marks the failed one broken
+    and every later read in it would fail, although the other records are fine.
     """
 
-    def __init__(self, path: str, readahead: bool):
+    def __init__(self, path: str, readahead: bool, size: int):
+        self.path = path
+        self.size = size
+        # map_size: liblmdb maps max(map_size, the pages in use), so the map is the file, not 10 MiB more
         self.env = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=readahead,
-                             meminit=False, max_readers=1, max_dbs=0)
+                             meminit=False, max_readers=1, max_dbs=0, map_size=max(size, 1 << 12))
         try:
             self.txn = self.env.begin(buffers=True)
         except BaseException:
             self.env.close()
             raise
+        start, end = _map_range(path)
+        self.guard = MappingGuard(start or 0, (end or 0) - (start or 0))
+        # where the file's bytes are in the map (unknown: every address passes)
+        self.file_start, self.file_end = (start, start + size) if start is not None else (0, 1 << 64)
+
+    def renew(self) -> None:
+        """Replace a transaction a failed read left broken (views from it stay valid: nothing writes)."""
+        try:
+            self.txn = self.env.begin(buffers=True)
+        except lmdb.Error:
+            pass
+
+    def in_file(self, value: memoryview) -> bool:
+        """Whether ``value`` lies inside the file (a hostile page may point past its end: SIGBUS)."""
+        addr = buffer_address(value)
+        return self.file_start <= addr and addr + len(value) <= self.file_end
+
+
+def _map_range(path: str) -> tuple[int | None, int | None]:
+    """Start and end address of this process's mapping of ``path`` (Linux /proc/self/maps), else None."""
+    try:
+        st = os.stat(path)
+        with open("/proc/self/maps", "rb") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) >= 5 and int(parts[4]) == st.st_ino and int(parts[2], 16) == 0:
+                    dev = parts[3].split(b":")
+                    if os.makedev(int(dev[0], 16), int(dev[1], 16)) == st.st_dev:
+                        lo, hi = parts[0].split(b"-")
+                        return int(lo, 16), int(hi, 16)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None, None
+
+
+# LMDB's meta pages (liblmdb 0.9, 64-bit): page header 16 bytes, then MDB_meta; the page size is the
+# free-list DB's md_pad. Checked before liblmdb maps the file, so a cut file cannot make it read past the end.
+_META_MAGIC = 0xBEEFC0DE
+_META = struct.Struct("<II8xQI36xQ48xQQ")   # magic, version, mapsize, psize, free root, last_pg, txnid
+_META_OFFSET = 16
+
+
+def check_lmdb_file(fd: int, size: int, path: str) -> None:
+    """FormatError unless the file's meta pages are valid and the pages they claim fit in ``size`` bytes."""
+    head = os.pread(fd, _META_OFFSET + _META.size, 0)
+    if len(head) < _META_OFFSET + _META.size:
+        raise FormatError(f"file too small ({size} bytes) to be an LMDB environment", path)
+    magic, version, _, psize, _, _, _ = _META.unpack_from(head, _META_OFFSET)
+    if magic != _META_MAGIC or version != 1:
+        raise FormatError("not an LMDB environment (bad meta page magic or version)", path)
+    if psize < 512 or psize > 1 << 16 or psize & (psize - 1) or size < 2 * psize:
+        raise FormatError(f"LMDB page size {psize} does not fit a {size}-byte file", path)
+    metas = []
+    for k in (0, 1):
+        b = os.pread(fd, _META_OFFSET + _META.size, k * psize)
+        if len(b) == _META_OFFSET + _META.size:
+            m = _META.unpack_from(b, _META_OFFSET)
+            if m[0] == _META_MAGIC and m[1] == 1:
+                metas.append(m)
+    last_pg = max(metas, key=lambda m: m[6])[5]
+    if (last_pg + 1) * psize > size:
+        raise FormatError(f"LMDB environment claims {last_pg + 1} pages of {psize} bytes but the file has "
+                          f"{size} bytes: truncated", path)
 
 
 _ENVS: dict[tuple[int, int], _OpenEnv] = {}
@@ -72,8 +142,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _acquire_env(path: str, readahead: bool) -> _OpenEnv:
-    st = os.stat(path)
+def _acquire_env(path: str, readahead: bool, st: os.stat_result) -> _OpenEnv:
     key = (st.st_dev, st.st_ino)      # a replaced file is a new environment
     with _ENVS_LOCK:
         e = _ENVS.get(key)
@@ -81,18 +150,26 @@ def _acquire_env(path: str, readahead: bool) -> _OpenEnv:
             old = _INHERITED.pop(key, None)
             if old is not None:
                 old.env.close()
-            e = _ENVS[key] = _OpenEnv(path, readahead)
+                old.guard.release()
+            e = _ENVS[key] = _OpenEnv(path, readahead, st.st_size)
         return e
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
-    """sha256 of a file, read in chunks (never the whole file in memory)."""
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20, root: str | os.PathLike | None = None,
+                progress=None) -> str:
+    """sha256 of a regular file (see ``open_regular``), read in chunks (never the whole file in memory);
+    ``progress(nbytes)`` is called after each chunk."""
     h = hashlib.sha256()
     buf = bytearray(chunk)
     mv = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
+    fd = open_regular(path, root)
+    try:
+        while n := os.readv(fd, [buf]):
             h.update(mv[:n])
+            if progress is not None:
+                progress(n)
+    finally:
+        os.close(fd)
     return h.hexdigest()
 
 
@@ -203,19 +280,29 @@ class LMDBReader(IndexedRecords):
     file's sha256 with the manifest before opening it) on environments from untrusted sources.
     """
 
-    def __init__(self, path: str | os.PathLike, readahead: bool = False):
+    def __init__(self, path: str | os.PathLike, readahead: bool = False, root: str | os.PathLike | None = None):
         self.path = Path(path)
         p = str(self.path)
-        if not self.path.is_file():
-            raise FormatError("LMDB environment file is missing", p)
+        fd = open_regular(self.path, root)
         try:
-            self._shared = _acquire_env(p, readahead)
-            self._txn = self._shared.txn
-            raw_header = self._txn.get(HEADER_KEY)
-            raw_index = self._txn.get(INDEX_KEY)
+            st = os.fstat(fd)
+            check_lmdb_file(fd, st.st_size, p)
+        finally:
+            os.close(fd)
+        self.identity = FileIdentity.of(st)
+        try:
+            self._shared = _acquire_env(p, readahead, st)
+            raw_header = self._shared.txn.get(HEADER_KEY)
+            raw_index = self._shared.txn.get(INDEX_KEY)
+            for raw in (raw_header, raw_index):
+                if raw is not None and not self._shared.in_file(raw):
+                    raise FormatError("metadata value points past the end of the file: corrupt environment", p)
         except (lmdb.Error, OSError) as e:
             self.close()
             raise FormatError(f"cannot open LMDB environment: {e}", p) from None
+        except BaseException:
+            self.close()
+            raise
         try:
             self._open(raw_header, raw_index)
         except BaseException:
@@ -245,7 +332,7 @@ class LMDBReader(IndexedRecords):
         validate_index(index, schema, 0, None, p)
         self.header, self.schema, self.index, self.align = header, schema, index, header.get("align")
         self.num_records = n
-        self.num_bytes = self.path.stat().st_size
+        self.num_bytes = self._shared.size
         self._lengths = index["_length"]
         self._access: dict[str, tuple[Field, np.ndarray | None, np.ndarray]] = {}
         for name, f in schema.items():
@@ -257,18 +344,35 @@ class LMDBReader(IndexedRecords):
     def __len__(self) -> int:
         return self.num_records
 
+    @property
+    def guard(self) -> MappingGuard:
+        return self._shared.guard
+
     def __repr__(self) -> str:
         return f"LMDBReader({str(self.path)!r}, records={self.num_records})"
 
     def record_bytes(self, i: int, index: int | None = None) -> memoryview:
         if not 0 <= i < self.num_records:
             raise IndexError(f"record {i} out of range for {self.path} ({self.num_records} records)")
-        raw = self._txn.get(_KEY.pack(i))
+        shared = self._shared
+        try:
+            raw = shared.txn.get(_KEY.pack(i))
+        except lmdb.Error as e:
+            shared.renew()
+            if shared.guard.faulted:
+                raise FormatError(TRUNCATED, str(self.path)) from None
+            raise CorruptRecordError(f"LMDB cannot read this record ({type(e).__name__}: {e}): damaged page",
+                                     str(self.path), i, index) from None
         if raw is None:
             raise CorruptRecordError("record is missing from the environment", str(self.path), i, index)
-        if len(raw) != self._lengths.item(i):
-            raise CorruptRecordError(f"record is {len(raw)} bytes, index says {self._lengths.item(i)}",
+        n = len(raw)
+        if n != self._lengths.item(i):
+            raise CorruptRecordError(f"record is {n} bytes, index says {self._lengths.item(i)}",
                                      str(self.path), i, index)
+        addr = buffer_address(raw)          # inlined in_file(): this is the hot path
+        if not (shared.file_start <= addr and addr + n <= shared.file_end):
+            raise CorruptRecordError("record points past the end of the file: damaged page", str(self.path), i,
+                                     index)
         return raw
 
     def get(self, i: int, field: str, index: int | None = None) -> Any:
@@ -294,7 +398,6 @@ class LMDBReader(IndexedRecords):
     def close(self) -> None:
         for name in ("index", "_access", "_lengths"):
             self.__dict__.pop(name, None)
-        self.__dict__.pop("_txn", None)
         self.__dict__.pop("_shared", None)      # the environment itself stays open: see _OpenEnv
 
     def __enter__(self) -> "LMDBReader":

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastload.errors import FormatError
+from fastload.formats.regular_file import read_capped
 from fastload.formats.schema import Schema
 
 MANIFEST = "manifest.json"
@@ -89,6 +90,11 @@ class Manifest:
                 raise bad(f"counts of shard {name}")
             if not isinstance(sha, str) or not _SHA_RE.match(sha):
                 raise bad(f"sha256 of shard {name}")
+            if n * schema.index_dtype.itemsize > size:
+                # every record has an index row of that size in the file: a count it cannot hold is a lie,
+                # refused before anything (len(), a sampler's permutation) sizes itself from it
+                raise bad(f"shard {name} claims {n:,} records but its {size:,} bytes cannot hold more than "
+                          f"{size // schema.index_dtype.itemsize:,}")
             shards.append(ShardEntry(name, n, size, sha))
         if backend == "lmdb" and len(shards) != 1:
             raise bad("an lmdb dataset has exactly one environment file")
@@ -125,15 +131,13 @@ def read_manifest(dataset: str | os.PathLike) -> Manifest:
         raise FormatError(f"this is a file, not a fastload dataset directory{hint}", str(d))
     if not d.is_dir():
         raise FormatError("no fastload dataset here (directory does not exist)", str(d))
-    try:
-        size = p.stat().st_size
-        if size > MAX_MANIFEST:
-            raise FormatError(f"manifest of {size} bytes is implausibly large", str(p))
-        obj = json.loads(p.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
+    if not os.path.lexists(p):
         raise FormatError("not a fastload dataset: no manifest.json (an interrupted conversion never "
-                          f"writes one). {_make_one_hint(d)}", str(d)) from None
-    except (OSError, ValueError, RecursionError) as e:
+                          f"writes one). {_make_one_hint(d)}", str(d))
+    raw = read_capped(p, MAX_MANIFEST, root=d)
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:
         raise FormatError(f"manifest cannot be read: {e}", str(p)) from None
     return Manifest.from_json(obj, str(p))
 

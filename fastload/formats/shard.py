@@ -20,8 +20,10 @@ import numpy as np
 
 from fastload.errors import CorruptRecordError, FormatError
 from fastload.formats.indexed import IndexedRecords
+from fastload.formats.mapping_guard import MappingGuard, buffer_address
 from fastload.formats.records import (IndexBuilder, PackedRecord, align_up, check_align, index_row,
                                       pack_record, validate_index)
+from fastload.formats.regular_file import FileIdentity, open_regular, pread_exact
 from fastload.formats.schema import Field, Schema
 
 MAGIC = b"\x89FLSHRD\n"
@@ -154,6 +156,22 @@ def schema_from_header(header: dict, path: str) -> Schema:
         raise FormatError(f"bad schema in header: {e}", path) from None
 
 
+def shard_record_count(path: str | os.PathLike, root: str | os.PathLike | None = None) -> tuple[int, FileIdentity]:
+    """(record count from the trailer, identity) of a shard: one small read, for checking a manifest."""
+    p = str(path)
+    fd = open_regular(path, root)
+    try:
+        st = os.fstat(fd)
+        if st.st_size < LEAD.size + TRAILER_SIZE:
+            raise FormatError(f"file too small ({st.st_size} bytes) to be a fastload shard", p)
+        t = TRAILER.unpack(pread_exact(fd, TRAILER_SIZE, st.st_size - TRAILER_SIZE, p))
+    finally:
+        os.close(fd)
+    if t[0] != TRAILER_MAGIC:
+        raise FormatError("no shard trailer: the file is truncated or its writer did not finish", p)
+    return t[3], FileIdentity.of(st)
+
+
 class ShardReader(IndexedRecords):
     """Random access to one shard file through a read-only mmap.
 
@@ -161,26 +179,31 @@ class ShardReader(IndexedRecords):
     Every offset in the file is checked against the file size when it is opened.
     """
 
-    def __init__(self, path: str | os.PathLike, readahead: bool = False):
+    def __init__(self, path: str | os.PathLike, readahead: bool = False, root: str | os.PathLike | None = None):
         self.path = Path(path)
         p = str(self.path)
+        fd = open_regular(self.path, root)
         try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                lead = f.read(LEAD.size)
-                if size < LEAD.size + TRAILER_SIZE:
-                    raise FormatError(f"file too small ({size} bytes) to be a fastload shard: "
-                                      "truncated or not a shard", p)
-                magic, version, _ = LEAD.unpack(lead)
-                if magic != MAGIC:
-                    raise FormatError("not a fastload shard (bad magic number)", p)
-                if version != VERSION:
-                    raise FormatError(f"unsupported shard version {version} (this fastload reads {VERSION})",
-                                      p)
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except OSError as e:
-            raise FormatError(f"cannot open shard: {e}", p) from None
+            st = os.fstat(fd)
+            size = st.st_size
+            if size < LEAD.size + TRAILER_SIZE:
+                raise FormatError(f"file too small ({size} bytes) to be a fastload shard: "
+                                  "truncated or not a shard", p)
+            magic, version, _ = LEAD.unpack(pread_exact(fd, LEAD.size, 0, p))
+            if magic != MAGIC:
+                raise FormatError("not a fastload shard (bad magic number)", p)
+            if version != VERSION:
+                raise FormatError(f"unsupported shard version {version} (this fastload reads {VERSION})", p)
+            try:
+                mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except OSError as e:
+                raise FormatError(f"cannot map shard: {e}", p) from None
+        finally:
+            os.close(fd)
+        self.identity = FileIdentity.of(st)
         self._mm = mm
+        size = len(mm)      # what is mapped (the file may have changed since fstat)
+        self.guard = MappingGuard(buffer_address(mm), size, owner=mm)
         try:
             self._open(mm, size, readahead)
         except BaseException:
@@ -304,7 +327,9 @@ class ShardReader(IndexedRecords):
             try:
                 mm.close()
             except BufferError:
-                pass
+                pass          # views handed out keep the mapping (and its guard) alive
+            else:
+                self.guard.release()
 
     def __enter__(self) -> "ShardReader":
         return self

@@ -13,6 +13,7 @@ from torch.utils.data import default_collate
 from ..dataset import ShardDataset
 from ..errors import CorruptRecordError, FormatError
 from ..formats.records import align_up
+from ..ops.timing import StageTimes
 from .builder import BatchBuilder
 from .messages import BatchTimings, Job
 from .ring import Segment
@@ -74,12 +75,12 @@ class ShardBatches(BatchBuilder):
             col = self._columns[name] = self.dataset.reader.column(name)
         return col
 
-    def _write_one(self, idx: int, outs: dict, seed: int, timings: BatchTimings) -> int:
+    def _write_one(self, idx: int, outs: dict, seed: int, timings: BatchTimings, times: StageTimes) -> int:
         """Write sample ``idx`` (or, with on_corrupt="skip", its replacement); returns the index written."""
         ds = self.dataset
         for candidate in ds.candidates(idx):
             try:
-                ds.write_sample(candidate, outs, sample_rng(seed, candidate) if self.random else None)
+                ds.write_sample(candidate, outs, sample_rng(seed, candidate) if self.random else None, times)
                 return candidate
             except (CorruptRecordError, FormatError) as e:
                 if ds.on_corrupt == "raise":
@@ -99,22 +100,26 @@ class ShardBatches(BatchBuilder):
         idx_arr = np.asarray(indices, dtype=np.int64)
         per_sample = {k: v for k, v in views.items()
                       if not (k in self.gathered and self.dataset.reader.gather(k, idx_arr, v))}
+        times = StageTimes()     # the stages' own seconds (read, decode, augment, callables), summed
         if per_sample:
             used = list(indices)
             for j, idx in enumerate(indices):
-                used[j] = self._write_one(idx, {k: v[j] for k, v in per_sample.items()}, job.seed, timings)
+                used[j] = self._write_one(idx, {k: v[j] for k, v in per_sample.items()}, job.seed, timings, times)
             if used != list(indices):   # corrupt records were replaced: gathered fields must follow
                 idx_arr = np.asarray(used, dtype=np.int64)
                 for k in views.keys() - per_sample.keys():
                     self.dataset.reader.gather(k, idx_arr, views[k])
         span(timings, "read+decode+augment", t0)
+        timings.spans.extend(times.laid_out(t0))
+        timings.stage_cpu = dict(times.cpu_seconds)
         out = []
         for name, shape, dtype, off in self.layout:
             if off < 0:
                 out.append(torch.from_numpy(self._column(name)[idx_arr].astype(dtype, copy=False)))
             else:
                 t = torch.from_numpy(views[name])
-                if self.dataset.kinds[name] == "image" and t.dim() == 4 and t.shape[-1] in (1, 3, 4):
+                if (self.dataset.kinds[name] == "image" and not self.dataset.pipelines[name].callables
+                        and t.dim() == 4 and t.shape[-1] in (1, 3, 4)):
                     t = t.permute(0, 3, 1, 2)   # [B,C,H,W] view in channels_last memory: no transpose copy
                 out.append(t)
         return out, (self.reserved_bytes if seg is not None else 0)

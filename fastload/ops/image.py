@@ -7,7 +7,8 @@ import numpy as np
 
 from fastload.ops.crop import (CropBox, center_span, dct_scale_for, pair, random_resized_crop_box,
                                resized_size)
-from fastload.ops.jpeg import DecodeStats, decode_array, decode_image, decode_resized_crop, scratch_array
+from fastload.ops.jpeg import (DecodeStats, check_pixels, decode_array, decode_image, decode_resized_crop,
+                               scratch_array)
 from fastload.ops.op import ImageDecodeOp, InplaceOp, Shape, require_rng
 from fastload.ops.resize import flip_horizontal_, resize_array_into_torch, resize_box_into, resize_box_region
 
@@ -29,8 +30,13 @@ class Decode(ImageDecodeOp):
     def output_shape(self) -> Shape:
         return (None, None, 3)
 
+    def sample_shape(self, size: tuple[int, int]) -> tuple[int, ...]:
+        check_pixels(size)      # the output is allocated from the index's size: bound it first
+        return super().sample_shape(size)
+
     def decode_into(self, raw: Any, size: tuple[int, int], plan: Any, out: np.ndarray,
                     mirror: bool = False) -> None:
+        check_pixels(size)
         decode_array(raw, size, out, self.stats)
         if mirror:
             flip_horizontal_(out)
@@ -79,6 +85,7 @@ class DecodeRandomResizedCrop(ImageDecodeOp):
 
     def decode_into(self, raw: Any, size: tuple[int, int], plan: CropBox, out: np.ndarray,
                     mirror: bool = False) -> None:
+        check_pixels(size)      # before any scratch buffer is sized from it
         if self.resizer == "auto" and decode_resized_crop(raw, size, plan, out, mirror, self.reducing_gap,
                                                           self.stats):
             return
@@ -122,6 +129,7 @@ class DecodeCenterCrop(ImageDecodeOp):
 
     def decode_into(self, raw: Any, size: tuple[int, int], plan: Any, out: np.ndarray,
                     mirror: bool = False) -> None:
+        check_pixels(size)
         w, h = size
         rw, rh = resized_size(w, h, self.resize)
         ys, xs = center_span(rh, self.size[0]), center_span(rw, self.size[1])

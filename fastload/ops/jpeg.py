@@ -108,11 +108,59 @@ def _jpeg_header(data: Raw) -> tuple[int, int, str] | None:
     return w, h, colorspace
 
 
+MAX_PIXELS_ENV = "FASTLOAD_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485     # PIL's Image.MAX_IMAGE_PIXELS (about 0.25 GiB of RGB)
+
+
+def _limit_from_env() -> int | None:
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if text.lower() in ("none", "0", "off"):
+        return None
+    return int(text)
+
+
+MAX_IMAGE_PIXELS: int | None = _limit_from_env()
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """Largest image (width x height) a decode op accepts; ``None``: no limit. Default 89,478,485, PIL's
+    ``Image.MAX_IMAGE_PIXELS``. Also sets ``FASTLOAD_MAX_IMAGE_PIXELS`` so that workers started after the
+    call (fork or spawn) use the same limit. A larger image raises CorruptRecordError before any pixel
+    buffer is allocated (``on_corrupt="skip"`` skips it)."""
+    global MAX_IMAGE_PIXELS
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise ValueError(f"the pixel limit must be a positive int or None, got {limit!r}")
+    MAX_IMAGE_PIXELS = limit
+    os.environ[MAX_PIXELS_ENV] = "none" if limit is None else str(limit)
+
+
+def check_pixels(size: tuple[int, int]) -> None:
+    """CorruptRecordError if an image of ``size = (w, h)`` is empty or over the pixel limit: called with the
+    size a record's index declares before anything is allocated from it, and with the size its header says."""
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise CorruptRecordError(f"implausible image size {w}x{h}")
+    if MAX_IMAGE_PIXELS is not None and w * h > MAX_IMAGE_PIXELS:
+        raise CorruptRecordError(f"image of {w}x{h} = {w * h:,} pixels is over the limit of {MAX_IMAGE_PIXELS:,} "
+                                 f"(raise it with fastload.ops.set_max_image_pixels or {MAX_PIXELS_ENV})")
+
+
 def _check_size(actual: tuple[int, int], size: tuple[int, int] | None) -> None:
     if size is not None and tuple(actual) != tuple(size):
         raise CorruptRecordError(f"image is {actual[0]}x{actual[1]} but its record says {size[0]}x{size[1]}")
-    if actual[0] <= 0 or actual[1] <= 0 or actual[0] * actual[1] > 2 * Image.MAX_IMAGE_PIXELS:
-        raise CorruptRecordError(f"implausible image size {actual[0]}x{actual[1]}")
+    check_pixels(actual)
+
+
+# libjpeg's warning when the entropy-coded data runs out before the image does (it pads with grey)
+_TRUNCATED = "premature end"
+
+
+def _refuse_truncated(error: ValueError) -> None:
+    """libjpeg-turbo reported a truncated JPEG: refuse it rather than let PIL pad it with grey."""
+    if _TRUNCATED in str(error).lower():
+        raise CorruptRecordError(f"JPEG data ends before the image does (truncated or cut): {error}") from error
 
 
 def _open_pil(data: Raw, size: tuple[int, int] | None) -> Image.Image:
@@ -224,8 +272,9 @@ def decode_image(raw: Raw, size: tuple[int, int] | None, scale: int = 1,
             try:
                 arr = simplejpeg.decode_jpeg(data, colorspace="RGBX", min_width=sw, min_height=sh,
                                              buffer=_scratch(sw * sh * 4), strict=True)
-            except ValueError:
-                pass    # damaged but maybe readable: PIL decides, as torchvision's loader would
+            except ValueError as e:
+                _refuse_truncated(e)
+                # damaged but maybe readable (extraneous bytes ...): PIL decides, as torchvision's loader would
             else:
                 if arr.shape[:2] == (sh, sw):
                     if stats is not None:
@@ -265,8 +314,8 @@ def decode_array(raw: Raw, size: tuple[int, int] | None, out: np.ndarray | None 
         if colorspace in _FAST_COLORSPACES:
             try:
                 arr = simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out, strict=True)
-            except ValueError:
-                pass
+            except ValueError as e:
+                _refuse_truncated(e)
             else:
                 if stats is not None:
                     stats.count(1, False)

@@ -61,3 +61,28 @@ def test_skip_policy_keeps_batches_full_and_reports_at_epoch_end(fresh_shards, n
     assert "sample 5" in report[0] and "sample 61" in report[0]
     assert sorted(i for i, _ in loader.stats.last_skipped) == [5, 61]
     assert all(b[0].shape == (8, 3, 48, 48) for b in batches)
+
+
+def test_shard_cut_while_workers_read_it_is_a_named_error(fresh_shards):
+    """A shard truncated in place under a running loader with workers: the worker's FormatError naming it, not
+    a worker killed by SIGBUS (num_workers=0, where SIGBUS would kill the training process itself, is tested
+    in a bounded child in tests/test_formats_hostile.py)."""
+    num_workers = 2
+    import os
+
+    from fastload.formats.mapping_guard import available
+    if not available():
+        pytest.skip("the _sigbus extension is not built")
+    ds = fastload.ShardDataset(fresh_shards, transforms=TRANSFORMS)
+    it = iter(fastload.DataLoader(ds, batch_size=8, num_workers=num_workers, persistent_workers=num_workers > 0))
+    next(it)
+    for f in ds.reader.shard_paths:
+        os.truncate(f, 4096)
+    with pytest.raises(fastload.FastloadError) as e:
+        for _ in it:
+            pass
+    msg = str(e.value)     # a mapped read stopped, or a shard first opened after the cut refused
+    assert ("changed size while being read" in msg or "rewritten after the dataset was opened" in msg
+            or "the dataset changed after this reader opened it" in msg), msg
+    assert "shard-0000" in msg or "/ds:" in msg
+    assert "SIGBUS" not in str(e.value)

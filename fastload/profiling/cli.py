@@ -2,12 +2,14 @@
 
 Wire it into ``fastload/cli.py`` with ``add_parser(subparsers)``; ``run(args)`` returns the exit status
 (0, or 130 when Ctrl-C cut the run short: the partial report is still printed and written).
-Also runnable alone: ``python -m fastload.profile TARGET``.
+Also runnable alone: ``python -m fastload.profiling TARGET``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+
+from .pipelines import DEFAULT, PIPELINES
 
 
 def _ints(text: str) -> list[int]:
@@ -44,7 +46,10 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
     p.add_argument("--batch-size", type=_pos_int, default=128, help="batch size (default 128)")
     p.add_argument("--size", type=_pos_int, default=224, metavar="PX",
-                   help="output side of the RandomResizedCrop + flip training pipeline (default 224)")
+                   help="output side of the pipeline's crop (default 224)")
+    p.add_argument("--pipeline", choices=list(PIPELINES), default=None,
+                   help="what a dataset's images go through: " + "; ".join(f"{k}: {v.what}" for k, v in PIPELINES.items())
+                        + f" (default {DEFAULT}; for any other, fastload.profile(ShardDataset(path, transforms=...)))")
     p.add_argument("--workers", type=_ints, default=None, metavar="N,N,...",
                    help="num_workers values to sweep (default 0,1,2,4,... up to twice the cores)")
     p.add_argument("--prefetch", type=_ints, default=[2, 4], metavar="N,N,...",
@@ -85,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from .profiler import profile
     step_time = args.step_ms / 1e3 if args.step_ms else None
     rep = profile(args.target, steps=max(args.steps, 0), step_time=step_time, target_rate=args.target_rate,
-                  batch_size=args.batch_size, size=args.size, workers=args.workers, prefetch=args.prefetch,
+                  batch_size=args.batch_size, size=args.size, pipeline=args.pipeline, workers=args.workers, prefetch=args.prefetch,
                   seconds=args.seconds, storage=args.storage, cold=args.cold, transfer_gbps=args.transfer_gbps,
                   simulate_storage_mb_s=args.simulate_storage, progress=not args.quiet, out=None)
     if args.out:
@@ -94,11 +99,11 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             print(f"fastload profile: cannot write {args.out}: {e}", file=sys.stderr)
     print(rep.to_json() if args.json else rep.text(), end="" if not args.json else "\n")
-    return 130 if rep.get("partial") else 0
+    return 130 if rep.partial else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = configure(argparse.ArgumentParser(prog="python -m fastload.profile",
+    p = configure(argparse.ArgumentParser(prog="python -m fastload.profiling",
                                           description="Profile a fastload dataset or an ImageFolder tree."))
     args = p.parse_args(argv)
     try:

@@ -23,8 +23,8 @@ def plot_report(report: dict, path: str | os.PathLike) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    points = [p for p in (report.get("sweep") or {}).get("points", []) if p.get("samples_s")]
-    cpu = report.get("cpu") or {}
+    points = [p for p in (report.sweep or {}).get("points", []) if p.get("samples_s")]
+    cpu = report.cpu or {}
     stage_sets = []
     if cpu.get("stages"):
         label = "PIL pipeline" if cpu.get("compare") else "one process"
@@ -35,8 +35,8 @@ def plot_report(report: dict, path: str | os.PathLike) -> bool:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
     ax = axes[0]
-    verdict = report.get("verdict") or {}
-    ceil = verdict.get("ceilings") or {}
+    verdict = report.verdict
+    ceil = verdict.ceilings
     if points:
         base_pf = next((p.get("prefetch") for p in points if p["workers"]), None)
         main = sorted((p for p in points if p["workers"] == 0 or p.get("prefetch") == base_pf),
@@ -54,7 +54,7 @@ def plot_report(report: dict, path: str | os.PathLike) -> bool:
                     label="other processes used >= 0.25 cores" if k == 0 else None)
             ax.annotate(f"others: {p['other_cores_busy']:.2f} cores", (p["workers"], p["samples_s"]),
                         textcoords="offset points", xytext=(6, 6), fontsize=7, color="#ff7f0e")
-        knee = (report.get("sweep") or {}).get("knee")
+        knee = (report.sweep or {}).get("knee")
         if knee:
             ax.annotate("knee", (knee["workers"], knee["samples_s"]), textcoords="offset points", xytext=(-10, 10),
                         fontsize=9, arrowprops={"arrowstyle": "->"})
@@ -66,11 +66,12 @@ def plot_report(report: dict, path: str | os.PathLike) -> bool:
             if not c:
                 continue
             lab = {"storage": "storage", "cpu": "CPU", "transfer": "transfer", "step": "step demand"}[k]
-            if c.get("simulated"):
+            if c.simulated:
                 lab += " (simulated)"
-            lines = [(c.get("nominal_samples_s", c["samples_s"]), "--", lab if k == "step" else f"{lab} ceiling")]
-            if "nominal_samples_s" in c:
-                lines.append((c["samples_s"], ":", "CPU left by other processes"))
+            nominal = c.nominal_samples_s
+            lines = [(nominal if nominal is not None else c.samples_s, "--", lab if k == "step" else f"{lab} ceiling")]
+            if nominal is not None:
+                lines.append((c.samples_s, ":", "CPU left by other processes"))
             for y, style, text in lines:
                 if y <= 3 * top:
                     ax.axhline(y, ls=style, color=_COLORS[k], lw=1.3, label=f"{text} {y:,.0f}/s")
@@ -116,8 +117,8 @@ def plot_report(report: dict, path: str | os.PathLike) -> bool:
         ax.set_xlim(0, max(sum(x["cpu_ms"] for x in st) for _, st in stage_sets) * 1.3)
     else:
         ax.set_axis_off()
-    head = verdict.get("headline", "")
-    bound = verdict.get("bound", "?")
+    head = verdict.headline
+    bound = verdict.bound
     fig.suptitle(f"fastload profile: {bound}-bound", fontsize=12, fontweight="bold")
     if head:
         import textwrap

@@ -13,15 +13,17 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .cpu import cpu_ceiling, measure_stages, measure_total, usable_cores
-from .stages import DatasetStages, FieldStages, ShardDatasetStages
+from fastload.dataset import ShardDataset
+
+from .pipelines import DEFAULT, NamedPipeline, named
+from .cpu import StageKind, cpu_ceiling, measure_stages, measure_total, usable_cores
+from .stages import DatasetStages, FieldStages
 from .storage import DatasetRecords, FileRecords
 
 FOREVER = 1 << 40   # samples a sweep sampler may hand out: runs stop on time, never on an epoch's end
@@ -31,11 +33,6 @@ STORAGE_FILES = 4000
 def _forever_sampler(n: int, seed: int) -> torch.utils.data.Sampler:
     return torch.utils.data.RandomSampler(range(n), replacement=False, num_samples=FOREVER,
                                           generator=torch.Generator().manual_seed(seed))
-
-
-def is_shard_dataset(x: Any) -> bool:
-    mod = sys.modules.get("fastload.dataset")
-    return mod is not None and isinstance(x, mod.ShardDataset)
 
 
 def _sample_indices(n: int, k: int, seed: int) -> np.ndarray:
@@ -89,6 +86,46 @@ class MapDatasetTarget(Target):
 
 
 # -- shared CPU-phase pieces ----------------------------------------------------------------------------
+def loader_stage_costs(ds: Any, batch_size: int, seed: int, seconds: float, min_batches: int = 2) -> tuple[dict, dict]:
+    """Per-sample cost of each stage of a ``ShardDataset``, as the loader's own stages time themselves:
+    ``fastload.DataLoader(num_workers=0)`` runs for ``seconds`` in this thread, the stages record their wall
+    and CPU time (read, decode, augment, callables) and what is left of the loop is batch assembly (wall time
+    that is not CPU time is waiting: storage, a simulated device). Returns ``(stages, fused)`` as :func:`measure_stages` / :func:`measure_total` do."""
+    import time
+    from fastload.loader import DataLoader
+    from . import loader_stats
+    from .stages import stage_label
+    from .sweep import batch_samples, shutdown
+    loader = DataLoader(ds, batch_size=batch_size, sampler=_forever_sampler(len(ds), seed), num_workers=0)
+    stats, restore = loader_stats.attach(loader)
+    it = iter(loader)
+    try:
+        next(it)                               # first decodes allocate buffers, import codecs
+        loader_stats.reset(stats)
+        samples = 0
+        w0, c0 = time.perf_counter(), time.thread_time()
+        while True:
+            samples += batch_samples(next(it))
+            wall = time.perf_counter() - w0
+            if wall >= seconds and loader_stats.batches(stats) >= min_batches:
+                break
+        cpu = time.thread_time() - c0
+        times = loader_stats.read(stats)
+    finally:
+        shutdown(it)
+        restore()
+    n = max(samples, 1)
+    rows = [(stage_label(ds, st), loader_stats.stage_kind(st), w, c) for st, (w, c) in times.sample_stages().items()]
+    rows.append(("collate (in place; labels from the index)", "collate",   # the rest of the loop: batch assembly
+                 max(wall - sum(r[2] for r in rows), 0.0), max(cpu - sum(r[3] for r in rows), 0.0)))
+    total_cpu = sum(r[3] for r in rows) or 1e-12
+    stage_list = [{"name": name, "kind": StageKind(kind).value, "wall_ms": w / n * 1e3, "cpu_ms": c / n * 1e3, "share": c / total_cpu}
+                  for name, kind, w, c in rows]
+    stages = {"samples": samples, "stages": stage_list, "source": "loader.stats (the stages' own timings)",
+              "wall_ms": wall / n * 1e3, "cpu_ms": cpu / n * 1e3}
+    return stages, {"samples": samples, "wall_ms": wall / n * 1e3, "cpu_ms": cpu / n * 1e3}
+
+
 def _cpu_result(stages: dict, fused: dict, collate_cpu_ms: float) -> dict:
     per = fused["cpu_ms"] + collate_cpu_ms
     return {**stages, "fused": fused, "per_sample_cpu_ms": per, "ceiling": cpu_ceiling(per, usable_cores())}
@@ -145,8 +182,9 @@ class DatasetTarget(MapDatasetTarget):
         from fastload.loader import DataLoader
         return DataLoader
 
-    def __init__(self, dataset: Any, batch_size: int = 128, seed: int = 0):
+    def __init__(self, dataset: Any, batch_size: int = 128, seed: int = 0, pipeline: str = ""):
         self.ds = dataset
+        self.pipeline_name = pipeline
         self.batch_size = batch_size
         self.seed = seed
         self.reader = dataset.reader
@@ -160,6 +198,7 @@ class DatasetTarget(MapDatasetTarget):
         out = {"kind": self.kind, "path": str(r.path), "backend": r.backend, "records": len(r),
                "files": len(m.shards), "bytes": m.num_bytes, "batch_size": self.batch_size,
                "pipeline": {f: " -> ".join(repr(op) for op in p.ops) for f, p in self.ds.pipelines.items()},
+               "pipeline_name": self.pipeline_name,
                "reader": repr(r) if type(r).__name__ != "DatasetReader" else "DatasetReader"}
         f = self._image_field()
         if f is not None and len(r):
@@ -180,13 +219,11 @@ class DatasetTarget(MapDatasetTarget):
         return getattr(self.reader, "charge", None)
 
     def cpu(self, seconds: float, log) -> dict:
-        st = ShardDatasetStages(self.ds, self.seed)
         idx = _sample_indices(len(self.ds), 4096, self.seed)
-        decs = st.decode_ops()
+        decs = [p.ops[0] for p in self.ds.pipelines.values() if p.kind == "image"]
         before = _decode_stats(decs)
-        stages = measure_stages(st.run_one, idx, seconds, run_batch=st.run_batch, batch_size=self.batch_size)
-        fused = measure_total(st.run_fused, idx, seconds / 2)
-        out = _cpu_result(stages, fused, _collate_ms(stages))
+        stages, fused = loader_stage_costs(self.ds, min(self.batch_size, 32), self.seed, seconds)
+        out = _cpu_result(stages, fused, 0.0)
         after = _decode_stats(decs)
         if after and before:
             from fastload.ops.jpeg import native_decoder
@@ -213,8 +250,10 @@ class ImageFolderTarget(MapDatasetTarget):
     kind = "ImageFolder (PIL + torchvision-style transforms)"
     loader_class = torch.utils.data.DataLoader
 
-    def __init__(self, root: str | os.PathLike, size: int = 224, batch_size: int = 128, seed: int = 0):
+    def __init__(self, root: str | os.PathLike, size: int = 224, batch_size: int = 128, seed: int = 0,
+                 pipeline: NamedPipeline | None = None):
         from .imagefolder import PILImageFolder, classic_train_transform
+        self.named = pipeline or named(DEFAULT)
         self.root = Path(root)
         self.size = size
         self.batch_size = batch_size
@@ -222,6 +261,12 @@ class ImageFolderTarget(MapDatasetTarget):
         self.ds = PILImageFolder(root, classic_train_transform(size))
         self.paths = [p for p, _ in self.ds.samples]
         self._sizes: dict[int, tuple[int, int]] = {}
+
+    @staticmethod
+    def _tv() -> str:
+        from .imagefolder import torchvision_version
+        v = torchvision_version()
+        return f"torchvision {v}" if v else "torchvision-style (re-stated: torchvision is not installed)"
 
     def _size(self, i: int) -> tuple[int, int]:
         s = self._sizes.get(i)
@@ -244,6 +289,8 @@ class ImageFolderTarget(MapDatasetTarget):
         out = {"kind": self.kind, "path": str(self.root), "records": n, "files": n, "bytes": total,
                "classes": len(self.ds.classes), "batch_size": self.batch_size,
                "pipeline": {"image": repr(self.ds.transform)}, "record_kb": total / max(n, 1) / 1e3,
+               "pipeline_name": f"PIL + {self._tv()} RandomResizedCrop training transforms; fastload's ops "
+                                f"compared on the same files: {self.named.name} ({self.named.what})",
                "output_shape": [self.size, self.size, 3], "random_crop": True}
         if sizes:
             out["median_size"] = [int(np.median([s[0] for s in sizes])), int(np.median([s[1] for s in sizes]))]
@@ -257,8 +304,8 @@ class ImageFolderTarget(MapDatasetTarget):
 
     def _fastload_pipe(self):
         from fastload.formats import ImageField
-        from fastload.ops import DecodeRandomResizedCrop, RandomHorizontalFlip, compile_pipeline
-        return compile_pipeline(ImageField(), [DecodeRandomResizedCrop(self.size), RandomHorizontalFlip()])
+        from fastload.ops import compile_pipeline
+        return compile_pipeline(ImageField(), self.named.ops(self.size))
 
     def cpu(self, seconds: float, log) -> dict:
         from torch.utils.data._utils.collate import default_collate
@@ -308,7 +355,7 @@ class LoaderTarget(Target):
         self.seed = seed
         self.batch_size = loader.batch_size or 1
         self.map_style = not isinstance(self.ds, torch.utils.data.IterableDataset)
-        self.shard = is_shard_dataset(self.ds)
+        self.shard = isinstance(self.ds, ShardDataset)
         self.kind = f"{type(loader).__module__}.{type(loader).__name__}"
 
     def info(self) -> dict:
@@ -318,8 +365,10 @@ class LoaderTarget(Target):
         if self.map_style:
             out["records"] = len(self.ds)
         if self.shard:
-            out.update({k: v for k, v in DatasetTarget(self.ds, self.batch_size).info().items()
+            out.update({k: v for k, v in DatasetTarget(self.ds, self.batch_size,
+                                                         pipeline="the loader's dataset's transforms").info().items()
                         if k in ("path", "backend", "bytes", "files", "median_size", "record_kb", "pipeline",
+                                 "pipeline_name",
                                  "output_shape", "random_crop")})
         elif isinstance(getattr(self.ds, "samples", None), list):
             out["files"] = len(self.ds.samples)
@@ -385,21 +434,31 @@ class IterableTarget(Target):
 
 
 def resolve(target: Any, batch_size: int = 128, size: int = 224, transforms: dict | None = None,
-            simulate_storage_mb_s: float | None = None, seed: int = 0) -> Target:
-    """A path (fastload dataset or ImageFolder), a ShardDataset, a torch DataLoader, or any iterable."""
+            simulate_storage_mb_s: float | None = None, seed: int = 0, pipeline: str | None = None) -> Target:
+    """A path (fastload dataset or ImageFolder), a ShardDataset, a torch DataLoader, or any iterable.
+    ``pipeline`` (a name in :data:`PIPELINES`) or ``transforms`` choose what a dataset path runs."""
     from .storage import ThrottledReader
+    if pipeline is not None and not isinstance(target, (str, os.PathLike)):
+        raise ValueError("pipeline= applies to a dataset path; a ShardDataset or a loader runs its own transforms")
+    if pipeline is not None and transforms is not None:
+        raise ValueError("give pipeline= or transforms=, not both")
+    chosen = named(pipeline or DEFAULT)
     if isinstance(target, (str, os.PathLike)):
         p = Path(target)
         from fastload.formats.manifest import MANIFEST
         if (p / MANIFEST).is_file() or (p.name == MANIFEST and p.is_file()):
-            from fastload.dataset import ShardDataset
             from fastload.formats import read_manifest
-            from fastload.ops import DecodeRandomResizedCrop, RandomHorizontalFlip
-            if transforms is None:      # the standard training pipeline on every image field
+            if transforms is None:      # the named pipeline on every image field
                 schema = read_manifest(p if p.is_dir() else p.parent).schema
-                transforms = {f: [DecodeRandomResizedCrop(size), RandomHorizontalFlip()]
-                              for f, field in schema.items() if field.kind == "image"}
-            target = ShardDataset(p, transforms=transforms)
+                transforms = {f: chosen.ops(size) for f, field in schema.items() if field.kind == "image"}
+                ran = f"{chosen.name}: {chosen.what}"
+            else:
+                ran = "the transforms given"
+            dt = DatasetTarget(ShardDataset(p, transforms=transforms), batch_size=batch_size, seed=seed,
+                               pipeline=ran)
+            if simulate_storage_mb_s:
+                dt.ds.reader = dt.reader = ThrottledReader(dt.reader, simulate_storage_mb_s)
+            return dt
         else:
             from .imagefolder import is_imagefolder
             if not is_imagefolder(p):
@@ -408,12 +467,12 @@ def resolve(target: Any, batch_size: int = 128, size: int = 224, transforms: dic
                                     "(class subdirectories of images)")
             if simulate_storage_mb_s:
                 raise ValueError("simulated storage applies to fastload datasets only")
-            return ImageFolderTarget(p, size=size, batch_size=batch_size, seed=seed)
-    if is_shard_dataset(target):
+            return ImageFolderTarget(p, size=size, batch_size=batch_size, seed=seed, pipeline=chosen)
+    if isinstance(target, ShardDataset):
         if simulate_storage_mb_s:
             target = copy.copy(target)     # leave the caller's dataset as it was
             target.reader = ThrottledReader(target.reader, simulate_storage_mb_s)
-        return DatasetTarget(target, batch_size=batch_size, seed=seed)
+        return DatasetTarget(target, batch_size=batch_size, seed=seed, pipeline="the dataset's own transforms")
     if simulate_storage_mb_s:
         raise ValueError("simulated storage applies to fastload datasets (a path or a ShardDataset) only")
     if isinstance(target, torch.utils.data.DataLoader):

@@ -13,17 +13,15 @@ Python::
     report.bound                       # "decode", "storage", "transfer", "model", ...
     fastload.profile(my_torch_loader, steps=100, step=train_step)
 
-This package is itself callable (``fastload.profile(...)`` is :func:`fastload.profile.profiler.profile`),
+This package is itself callable (``fastload.profile(...)`` is :func:`fastload.profiling.profiler.profile`),
 so the name works whether ``fastload.profile`` resolves to the package or to the function. Everything
 heavy (torch, the loader) is imported on first use, so the command line's parser stays light.
 
-Command line: ``fastload profile DST`` (see :mod:`fastload.profile.cli`).
+Command line: ``fastload profile DST`` (see :mod:`fastload.profiling.cli`).
 """
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 _LAZY = {"profile": "profiler", "ProfileReport": "report", "ThrottledReader": "storage",
          "chrome_trace": "trace", "validate_trace": "trace"}
@@ -37,11 +35,3 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return self.profile(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

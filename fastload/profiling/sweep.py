@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from . import loader_stats
 from .resources import TreeMonitor
 
 
@@ -55,31 +56,13 @@ def shutdown(it: Any) -> None:
             pass
 
 
-def attach_stats(loader: Any):
-    """Give a fastload DataLoader a span-keeping LoaderStats; returns (stats or None, restore callable)."""
-    if not hasattr(loader, "stats"):
-        return None, lambda: None
-    try:
-        from fastload.loader.stats import LoaderStats
-    except ImportError:
-        return None, lambda: None
-    old = loader.stats
-    if not isinstance(old, LoaderStats):
-        return None, lambda: None
-    loader.stats = stats = LoaderStats(keep_spans=True)
-
-    def restore() -> None:
-        loader.stats = old
-    return stats, restore
-
-
 # -- one run ------------------------------------------------------------------------------------------
 def run_loader(loader: Iterable, seconds: float, min_batches: int = 3, max_seconds: float | None = None,
                workers: int | None = None) -> dict:
     """Iterate ``loader`` for ``seconds`` after its first batch (at least ``min_batches`` more, at most
     ``max_seconds`` in all) and measure it. The loader's workers are stopped before returning."""
     max_seconds = max_seconds if max_seconds is not None else max(3 * seconds, seconds + 10)
-    stats, restore = attach_stats(loader)
+    stats, restore = loader_stats.attach(loader)
     samples = batches = 0
     t_first = first_samples = None
     nbytes = 0
@@ -130,14 +113,12 @@ def run_loader(loader: Iterable, seconds: float, min_batches: int = 3, max_secon
     out["peak_memory_bytes"] = mon.peak_bytes
     out["memory_kind"] = mon.memory_kind
     if stats is not None:
-        s = stats.summary()
-        out["stage_seconds"] = {k: round(v, 4) for k, v in s["seconds"].items()}
-        out["stage_samples"] = s["samples"]
-        out["_spans"] = list(stats.spans)
-        out["_stats"] = stats
-        if workers and s["samples"]:
-            busy = sum(v for k, v in s["seconds"].items() if k != "wait-for-batch")
-            out["workers_busy"] = round(busy / (workers * max(t_end - t0, 1e-9)), 3)
+        lt = loader_stats.read(stats)
+        out["stage_seconds"] = lt.rounded()
+        out["stage_samples"] = lt.samples
+        out["_spans"] = lt.spans
+        if workers and lt.samples:
+            out["workers_busy"] = round(lt.worker_busy_seconds() / (workers * max(t_end - t0, 1e-9)), 3)
     return out
 
 

@@ -64,7 +64,7 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
             prefetch: Sequence[int] = (2, 4), seconds: float = 2.0, storage: bool = True, cold: bool = True,
             cpu: bool = True, sweep: bool = True, transfer_gbps: float | None = None,
             simulate_storage_mb_s: float | None = None, progress: bool = True, out: str | os.PathLike | None = None,
-            seed: int = 0) -> ProfileReport:
+            seed: int = 0, pipeline: str | None = None) -> ProfileReport:
     """Profile an input pipeline and name its bottleneck.
 
     ``target``: a fastload dataset directory, an ImageFolder directory, a ``ShardDataset``, a torch
@@ -74,8 +74,10 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
     GPU in it), or a simulated one: ``step_time`` seconds per batch, or ``target_rate`` samples/s.
     ``steps``: batches fed to it (0: no stall run).
 
-    ``batch_size``, ``size`` (output side of the default RandomResizedCrop+flip pipeline) and ``transforms``
-    apply to dataset paths. ``workers`` / ``prefetch``: the sweep (default 0, 1, 2, 4 ... up to twice the
+    ``batch_size``, ``size`` (output side), ``pipeline`` (``"rrc"``: RandomResizedCrop + flip, the default;
+    ``"center"``: resize + centre crop; ``"decode"``: full decode + centre crop) or ``transforms`` (a
+    ``ShardDataset`` transforms dict) apply to dataset paths; for any other pipeline profile your own
+    ``ShardDataset`` or loader. The report says which pipeline ran. ``workers`` / ``prefetch``: the sweep (default 0, 1, 2, 4 ... up to twice the
     cores; prefetch 2, then 4 at the best worker count). ``seconds``: measuring time per sweep point (and
     per storage/CPU probe). ``cold``: also measure storage with the files dropped from the page cache.
     ``transfer_gbps``: a simulated host-to-device copy at this rate (for machines without a GPU; every number
@@ -84,14 +86,14 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
     """
     log = _Log(progress)
     rep = ProfileReport()
-    rep["partial"] = False
+    rep.partial = False
     tgt = resolve(target, batch_size=batch_size, size=size, transforms=transforms,
-                  simulate_storage_mb_s=simulate_storage_mb_s, seed=seed)
-    rep["target"] = tgt.info()
-    rep["machine"] = machine_info()
-    rep["settings"] = {"steps": steps, "seconds_per_point": seconds, "cold": cold, "seed": seed,
+                  simulate_storage_mb_s=simulate_storage_mb_s, seed=seed, pipeline=pipeline)
+    rep.target = tgt.info()
+    rep.machine = machine_info()
+    rep.settings = {"steps": steps, "seconds_per_point": seconds, "cold": cold, "seed": seed,
                        "transfer_gbps_simulated": transfer_gbps, "simulated_storage_mb_s": simulate_storage_mb_s}
-    log(f"profiling {rep['target'].get('path') or rep['target'].get('kind')}: {rep['target'].get('kind')}")
+    log(f"profiling {rep.target.get('path') or rep.target.get('kind')}: {rep.target.get('kind')}")
     phase = "start"
     try:
         # 1. storage ------------------------------------------------------------------------------
@@ -100,12 +102,12 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
         if st is not None:
             paths, make_source = st
             log("storage: reading the dataset's files" + (" (cold, then warm)" if cold else ""))
-            rep["storage"] = probe_storage(paths, make_source, cold=cold, seconds=seconds, log=log, seed=seed,
+            rep.storage = probe_storage(paths, make_source, cold=cold, seconds=seconds, log=log, seed=seed,
                                            charge=tgt.storage_charge())
             if tgt.storage_charge() is not None:
-                rep["storage"]["simulated"] = repr(getattr(tgt, "reader", ""))
+                rep.storage["simulated"] = repr(getattr(tgt, "reader", ""))
         else:
-            rep["storage"] = {"skipped": "turned off" if not storage else "the dataset's files are not known "
+            rep.storage = {"skipped": "turned off" if not storage else "the dataset's files are not known "
                                                                         "(not a fastload or file-backed dataset)"}
         # 2. CPU stages ------------------------------------------------------------------------------
         phase = "cpu"
@@ -118,10 +120,10 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
                 c = tgt.cpu(seconds, log)
             finally:
                 torch.set_num_threads(threads)
-            rep["cpu"] = c if c is not None else {"skipped": "the dataset cannot be indexed (iterable)"}
+            rep.cpu = c if c is not None else {"skipped": "the dataset cannot be indexed (iterable)"}
             if c:
                 if c.get("compare"):
-                    rep["compare"] = {k: v for k, v in c["compare"].items() if not k.startswith("fastload_st")}
+                    rep.compare = {k: v for k, v in c["compare"].items() if not k.startswith("fastload_st")}
                 log(f"cpu: {c['per_sample_cpu_ms']:.2f} ms per sample -> {c['ceiling']['samples_s']:,.0f}/s "
                     f"on {c['ceiling']['cores']} cores")
         # 3. loader sweep ----------------------------------------------------------------------------
@@ -129,25 +131,25 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
         if sweep and tgt.can_sweep():
             ws = list(workers) if workers is not None else default_workers(usable_cores())
             sw = {"loader": "", "seconds": seconds, "points": []}
-            rep["sweep"] = sw
+            rep.sweep = sw
             probe_loader = tgt.make_loader(0, None)
             sw["loader"] = f"{type(probe_loader).__module__}.{type(probe_loader).__name__}"
             del probe_loader
             log(f"sweep: num_workers in {ws}, prefetch {list(prefetch)}")
             run_sweep(tgt.make_loader, ws, list(prefetch), seconds, log=log, points=sw["points"])
         elif sweep:
-            rep["sweep"] = {"skipped": "only map-style torch DataLoaders and datasets can be rebuilt with "
+            rep.sweep = {"skipped": "only map-style torch DataLoaders and datasets can be rebuilt with "
                                        "other worker counts"}
         _finish_sweep(rep)
         # 4. transfer ------------------------------------------------------------------------------
         phase = "transfer"
         bps = verdict_mod.bytes_per_sample(rep)
         if cuda_available():
-            rep["transfer"] = probe_copy_rate(int((bps or 1 << 20) * tgt.batch_size))
+            rep.transfer = probe_copy_rate(int((bps or 1 << 20) * tgt.batch_size))
         else:
-            rep["transfer"] = {"cuda": False, "note": "no CUDA: host-to-device copies not measured"}
+            rep.transfer = {"cuda": False, "note": "no CUDA: host-to-device copies not measured"}
         if transfer_gbps:
-            rep["transfer"]["simulated_gb_s"] = transfer_gbps
+            rep.transfer["simulated_gb_s"] = transfer_gbps
         # 5. stall ---------------------------------------------------------------------------------
         phase = "stall"
         if steps > 0:
@@ -157,7 +159,7 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
             elif cuda_available():
                 copy = CopyStage()
             # the step runs while workers build the next batches: the best run that had workers
-            pts = [p for p in (rep.get("sweep") or {}).get("points", []) if p.get("workers") and p.get("samples_s")]
+            pts = [p for p in (rep.sweep or {}).get("points", []) if p.get("workers") and p.get("samples_s")]
             best = max(pts, key=lambda p: p["samples_s"]) if pts else verdict_mod.best_point(rep)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*worker processes in total.*")
@@ -166,7 +168,7 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
             if hasattr(loader, "num_workers"):
                 desc += f"(num_workers={loader.num_workers})"
             log(f"stall: {steps} steps of {desc}" + (f" with {copy.describe()}" if copy else ""))
-            rep["stall"] = {"loader": desc, "step": "", "steps": 0}
+            rep.stall = {"loader": desc, "step": "", "steps": 0}
             done = [0]
 
             def tick(k: int) -> None:
@@ -178,31 +180,31 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
             res["loader"] = desc
             if hasattr(loader, "num_workers"):
                 res["num_workers"] = loader.num_workers
-            rep["_spans"] = res.pop("_spans", [])
-            rep["stall"] = res
+            rep.spans = res.pop("_spans", [])
+            rep.stall = res
             if res.get("steps"):
                 log(f"stall: wait {res['wait_ms']:.2f} ms + step {res['step_ms']:.2f} ms per step; "
                     + (f"data stall {res['stall_pct']:.1f}%" if res.get("demand_s") else
                        f"{res['samples_s']:,.0f} samples/s"))
         phase = "done"
     except KeyboardInterrupt:
-        rep["partial"] = True
-        rep["interrupted_in"] = phase
+        rep.partial = True
+        rep.interrupted_in = phase
         log(f"interrupted during {phase}: reporting what was measured")
         _finish_sweep(rep)
     if simulate_storage_mb_s:       # the simulated device's lock file is ours to remove
         remove = getattr(getattr(tgt, "reader", None), "remove_lock_file", None)
         if remove is not None:
             remove()
-    rep["_spans"] = _trace_spans(rep)
-    rep["verdict"] = verdict_mod.decide(rep)
-    log(f"verdict: {rep['verdict'].get('bound')}-bound")
+    rep.spans = _trace_spans(rep)
+    rep.verdict = verdict_mod.decide(rep)
+    log(f"verdict: {rep.verdict.bound}-bound")
     if out is not None:
         try:
             rep.save(out)
         except KeyboardInterrupt:
             rep.save(out, plot=False)
-        log(f"wrote {', '.join(rep['files'].values())}")
+        log(f"wrote {', '.join(rep.files.values())}")
     return rep
 
 
@@ -212,7 +214,7 @@ def _best_with_workers(points: list) -> dict | None:
 
 
 def _finish_sweep(rep: ProfileReport) -> None:
-    sw = rep.get("sweep")
+    sw = rep.sweep
     if not sw or not sw.get("points"):
         return
     sw["knee"] = {k: v for k, v in (knee(sw["points"]) or {}).items() if not k.startswith("_")}
@@ -229,13 +231,13 @@ def _trace_spans(rep: ProfileReport) -> list:
     """The stall run's spans, and the best multi-worker sweep run's (so the trace always shows workers when
     any ran), each run marked by a span on the main process's "profile" track."""
     runs = []
-    stall = rep.get("_spans") or []
-    pts = (rep.get("sweep") or {}).get("points", [])
+    stall = rep.spans or []
+    pts = (rep.sweep or {}).get("points", [])
     mw = _best_with_workers(pts)
     if mw is not None and not any(w >= 0 for _, w, _, _ in stall):
         runs.append((f"sweep run: {mw['workers']} workers, prefetch {mw.get('prefetch')}", mw["_spans"]))
     if stall:
-        runs.append((f"stall run: {(rep.get('stall') or {}).get('loader', '')}", stall))
+        runs.append((f"stall run: {(rep.stall or {}).get('loader', '')}", stall))
     out = []
     for label, spans in runs:
         t0 = min(s for _, _, s, _ in spans)

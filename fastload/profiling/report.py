@@ -9,7 +9,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from .verdict import _f
+from dataclasses import dataclass, field, fields
+
+from .verdict import Bound, Resource, Verdict, _f
 
 
 def _clean(x: Any) -> Any:
@@ -33,30 +35,44 @@ def _mb(b: float | None) -> str:
     return f"{b / 1e9:,.2f} GB" if b >= 1e9 else f"{b / 1e6:,.1f} MB"
 
 
-class ProfileReport(dict):
-    """What ``fastload.profile`` measured (a dict: target, machine, storage, cpu, sweep, transfer, stall,
-    verdict, partial, ...), with ``text()``, ``to_json()`` and ``save(directory)``."""
+@dataclass
+class ProfileReport:
+    """What ``fastload.profile`` measured, one attribute per phase (each phase's measurements as JSON-shaped
+    data), and the typed :class:`~fastload.profiling.verdict.Verdict`; ``text()``, ``to_dict()`` /
+    ``to_json()`` and ``save(directory)``. A phase that did not run is None (or says why it was skipped)."""
+
+    target: dict = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    storage: dict | None = None
+    cpu: dict | None = None
+    compare: dict | None = None        # an ImageFolder's PIL pipeline against fastload's ops on its files
+    sweep: dict | None = None
+    transfer: dict | None = None
+    stall: dict | None = None
+    verdict: Verdict = field(default_factory=Verdict)
+    partial: bool = False              # Ctrl-C cut the run short
+    interrupted_in: str | None = None
+    notes: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    spans: list = field(default_factory=list, repr=False)   # the trace's (name, track, start, seconds)
 
     @property
-    def verdict(self) -> dict:
-        return self.get("verdict") or {}
-
-    @property
-    def bound(self) -> str:
-        return self.verdict.get("bound", "unknown")
-
-    @property
-    def spans(self) -> list:
-        return self.get("_spans") or []
+    def bound(self) -> Bound:
+        return self.verdict.bound
 
     def to_dict(self) -> dict:
-        return _clean(dict(self))
+        """JSON-ready: every phase, the verdict with its enums as strings; spans are in trace.json."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("spans", "verdict")}
+        out = _clean(out)
+        out["verdict"] = _clean(self.verdict.to_dict())
+        return out
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
     def __repr__(self) -> str:
-        return f"<ProfileReport {self.bound}-bound: {self.verdict.get('headline', '')[:100]}>"
+        return f"<ProfileReport {self.bound}-bound: {self.verdict.headline[:100]}>"
 
     def __str__(self) -> str:
         return self.text()
@@ -68,23 +84,23 @@ class ProfileReport(dict):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         files = {"text": d / "report.txt", "json": d / "report.json", "trace": d / "trace.json"}
-        write_trace(files["trace"], self.spans, {"target": (self.get("target") or {}).get("path", ""),
-                                                 "bound": self.bound})
+        write_trace(files["trace"], self.spans, {"target": (self.target or {}).get("path", ""),
+                                                 "bound": str(self.bound)})
         if plot:
             if plot_report(self, d / "profile.png"):
                 files["plot"] = d / "profile.png"
             else:
-                self.setdefault("notes", []).append("no PNG: matplotlib is not installed (pip install matplotlib)")
-        self["files"] = {k: str(v) for k, v in files.items()}
+                self.notes.append("no PNG: matplotlib is not installed (pip install matplotlib)")
+        self.files = {k: str(v) for k, v in files.items()}
         files["text"].write_text(self.text())
         files["json"].write_text(self.to_json())
-        return self["files"]
+        return self.files
 
     # -- the table ------------------------------------------------------------------------------------
     def text(self, width: int = 100) -> str:
         L: list[str] = []
-        t = self.get("target") or {}
-        m = self.get("machine") or {}
+        t = self.target or {}
+        m = self.machine or {}
         L.append(f"fastload profile  {t.get('path') or t.get('dataset') or t.get('repr') or ''}")
         desc = [t.get("kind", "")]
         if t.get("backend"):
@@ -98,6 +114,8 @@ class ProfileReport(dict):
         if t.get("record_kb"):
             desc.append(f"{t['record_kb']:,.1f} KB/record")
         L.append("  target    " + ", ".join(d for d in desc if d))
+        if t.get("pipeline_name"):
+            L.extend(textwrap.wrap(f"  pipeline  {t['pipeline_name']}", width, subsequent_indent=" " * 12))
         for f, p in (t.get("pipeline") or {}).items():
             L.extend(textwrap.wrap(f"  pipeline  {f}: {p}", width, subsequent_indent=" " * 12))
         if t.get("batch_size"):
@@ -108,23 +126,23 @@ class ProfileReport(dict):
         cuda = m.get("cuda") or "no CUDA"
         L.append(f"  machine   {m.get('cores')} usable cores ({m.get('cpu', '?')}), "
                  f"{_mb(m.get('memory_bytes'))} RAM, {cuda}")
-        if self.get("partial"):
-            L.append(f"  PARTIAL   interrupted during {self.get('interrupted_in')}: later phases did not run")
+        if self.partial:
+            L.append(f"  PARTIAL   interrupted during {self.interrupted_in}: later phases did not run")
         self._storage(L)
         self._cpu(L)
         self._sweep(L)
         self._transfer(L)
         self._stall(L)
         self._verdict(L, width)
-        for n in self.get("notes") or []:
+        for n in self.notes or []:
             L.append(f"note: {n}")
-        if self.get("files"):
-            L.append("files     " + "  ".join(f"{k}: {v}" for k, v in self["files"].items()))
+        if self.files:
+            L.append("files     " + "  ".join(f"{k}: {v}" for k, v in self.files.items()))
         return "\n".join(L) + "\n"
 
     def _section(self, L: list[str], key: str, skipped_label: str) -> dict | None:
         """The report's ``key`` part, after a blank line; None when absent, or skipped (then said why)."""
-        part = self.get(key)
+        part = getattr(self, key)
         if not part:
             return None
         L.append("")
@@ -230,7 +248,7 @@ class ProfileReport(dict):
                      f" of the best")
 
     def _transfer(self, L: list[str]) -> None:
-        tr = self.get("transfer")
+        tr = self.transfer
         if not tr:
             return
         L.append("")
@@ -276,20 +294,20 @@ class ProfileReport(dict):
 
     def _verdict(self, L: list[str], width: int) -> None:
         v = self.verdict
-        if not v:
+        if not v.headline:
             return
         L.append("")
-        c = v.get("ceilings") or {}
+        c = v.ceilings
         if c:
             L.append("CEILINGS samples/s each stage could sustain alone")
-            for k, x in sorted(c.items(), key=lambda kv: kv[1]["samples_s"]):
-                mark = "  <- bound" if k == {"model": "step"}.get(v.get("resource"), v.get("resource")) else ""
-                sim = " SIMULATED" if x.get("simulated") else ""
-                L.append(f"  {k:<10}{_f(x['samples_s']):>12}  {x['basis']}{sim}{mark}")
+            for k, x in sorted(c.items(), key=lambda kv: kv[1].samples_s):
+                mark = "  <- bound" if k == ("step" if v.resource is Resource.MODEL else v.resource.value) else ""
+                sim = " SIMULATED" if x.simulated else ""
+                L.append(f"  {k:<10}{_f(x.samples_s):>12}  {x.basis}{sim}{mark}")
         L.append("")
-        L.extend(textwrap.wrap(f"VERDICT  {v.get('headline', '')}", width, subsequent_indent="         "))
-        for a in v.get("actions") or []:
+        L.extend(textwrap.wrap(f"VERDICT  {v.headline}", width, subsequent_indent="         "))
+        for a in v.actions:
             L.extend(textwrap.wrap(f"  do: {a}", width, subsequent_indent="      "))
-        extra = [e for e in v.get("evidence") or [] if not any(e.startswith(k + ":") for k in c)]
+        extra = [e for e in v.evidence if not any(e.startswith(k + ":") for k in c)]
         for e in extra:
             L.extend(textwrap.wrap(f"  evidence: {e}", width, subsequent_indent="      "))

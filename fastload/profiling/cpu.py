@@ -8,7 +8,20 @@ from __future__ import annotations
 
 import os
 import time
+from enum import Enum
 from typing import Callable, Sequence
+
+
+class StageKind(str, Enum):
+    """What a CPU stage does, which is what the verdict names a CPU bound by."""
+
+    READ = "read"
+    DECODE = "decode"
+    AUGMENT = "augment"
+    CONVERT = "convert"
+    NORMALIZE = "normalize"
+    COLLATE = "collate"
+    FETCH = "fetch"
 
 
 def usable_cores() -> int:
@@ -43,7 +56,7 @@ class StageClock:
     def add(self, stage: str, wall: float, cpu: float, kind: str, note: str = "") -> None:
         self.wall[stage] = self.wall.get(stage, 0.0) + wall
         self.cpu[stage] = self.cpu.get(stage, 0.0) + cpu
-        self.kinds.setdefault(stage, kind)
+        self.kinds.setdefault(stage, StageKind(kind).value)   # a kind that is not one raises here
         if note:
             self.notes.setdefault(stage, note)
 

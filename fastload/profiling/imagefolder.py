@@ -1,8 +1,9 @@
 """The pipeline a team has before converting: an ImageFolder tree read by PIL, with torchvision's classic
 training transforms (RandomResizedCrop, RandomHorizontalFlip, ToTensor, Normalize on the CPU).
 
-torchvision is not a dependency, so the transforms are re-stated here with torchvision's semantics and costs
-(same crop-box draw from torch's RNG, PIL crop + bilinear antialiased resize, float ToTensor, CPU Normalize).
+With torchvision installed, its own transforms run; torchvision is not a dependency, so without it the
+transforms are re-stated here with torchvision's semantics and costs (same crop-box draw from torch's RNG,
+PIL crop + bilinear antialiased resize, float ToTensor, CPU Normalize), and the report says which ran.
 The profiler times them stage by stage and compares them with fastload's fused ops on the same files.
 """
 from __future__ import annotations
@@ -140,8 +141,21 @@ class Compose:
         return x
 
 
-def classic_train_transform(size: int = 224) -> Compose:
-    """The torchvision ImageNet training pipeline most PyTorch code starts from."""
+def torchvision_version() -> str | None:
+    try:
+        import torchvision
+    except ImportError:
+        return None
+    return torchvision.__version__
+
+
+def classic_train_transform(size: int = 224) -> Any:
+    """The torchvision ImageNet training pipeline most PyTorch code starts from: torchvision's own
+    transforms when torchvision is installed, else the re-statement above."""
+    if torchvision_version() is not None:
+        from torchvision import transforms as T
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+                          T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     return Compose([RandomResizedCrop(size), RandomHorizontalFlip(), ToTensor(), Normalize()])
 
 

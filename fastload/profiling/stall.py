@@ -5,7 +5,7 @@ VLDB 2021): the fraction of training time in which the accelerator is idle waiti
 ``wait / (wait + step)``, measured here per step after the first batch (the first batch's wait is start-up
 and is reported on its own as time to first batch).
 
-With a copy stage (:class:`fastload.profile.transfer.CopyStage`), a thread fetches batch k+1 from the loader
+With a copy stage (:class:`fastload.profiling.transfer.CopyStage`), a thread fetches batch k+1 from the loader
 and copies it while the step runs on batch k (one batch ahead, as fastload's ``device=`` path does); each
 wait of the step is then split into the part spent on the copy and the part spent on the loader, from the
 spans of both threads, and the share of copy time hidden behind the steps is reported.
@@ -19,7 +19,8 @@ import warnings
 from typing import Any, Callable, Iterable
 
 from .resources import TreeMonitor
-from .sweep import attach_stats, batch_nbytes, batch_samples, shutdown
+from . import loader_stats
+from .sweep import batch_nbytes, batch_samples, shutdown
 
 MAIN, COPY = 0, 1   # thread ids in the trace
 _END = object()     # the copy thread's "no more batches"
@@ -83,7 +84,7 @@ def run_steps(loader: Iterable, steps: int, step: Callable | None = None, step_t
     """Feed ``steps`` batches (after the first) to the step and measure the waits. ``copy``: a CopyStage.
     Returns the measurements and the spans (``_spans``: (name, worker or -1 / thread, start, dur))."""
     stepper = _Step(step, step_time, rate)
-    stats, restore = attach_stats(loader)
+    stats, restore = loader_stats.attach(loader)
     src = _Epochs(loader)
     spans: list[tuple[str, int, float, float]] = []     # our own: (name, tid, start, dur)
     q: queue.Queue = queue.Queue()
@@ -193,10 +194,11 @@ def run_steps(loader: Iterable, steps: int, step: Callable | None = None, step_t
                        "exposed_ms_per_step": exposed / n * 1e3,
                        "loader_wait_ms_per_step": (wait_total - exposed) / n * 1e3,
                        "hidden_pct": 100 * (1 - exposed / copy_total) if copy_total > 0 else 100.0}
-    loader_spans = list(stats.spans) if stats is not None else []
+    times = loader_stats.read(stats) if stats is not None else None
+    loader_spans = times.spans if times is not None else []
     if copy is not None:   # the copy thread, not the main one, drove the loader
         loader_spans = [(name, -2 if w == -1 else w, s, d) for name, w, s, d in loader_spans]
     out["_spans"] = [(name, -1 if tid == MAIN else -2, s, d) for name, tid, s, d in spans] + loader_spans
-    if stats is not None:
-        out["stage_seconds"] = {k: round(v, 4) for k, v in stats.summary()["seconds"].items()}
+    if times is not None:
+        out["stage_seconds"] = times.rounded()
     return out

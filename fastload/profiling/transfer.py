@@ -1,6 +1,8 @@
 """Host-to-device copies: the copy rate when CUDA is present, and the copy stage the stall run puts between
-the loader and the step — real (``tensor.to(device, non_blocking=True)`` on a side stream) or, without a
-GPU, *simulated* (a sleep of ``bytes / rate``, labelled as such everywhere it is reported)."""
+the loader and the step — real (the loader's own device stage, :class:`fastload.loader.transfer.DeviceTransfer`:
+a side-stream copy) or, without a GPU, *simulated* (a sleep of ``bytes / rate``, labelled as such everywhere
+it is reported). A fastload loader with ``device=`` copies by itself: its batches arrive on the device and
+cost nothing here."""
 from __future__ import annotations
 
 import time
@@ -45,18 +47,6 @@ def probe_copy_rate(nbytes: int, repeats: int = 10) -> dict:
     return out
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True) if batch.device.type == "cpu" else batch
-    if isinstance(batch, np.ndarray):
-        return torch.from_numpy(batch).to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
-
-
 class CopyStage:
     """Moves a batch to the device, or pretends to: ``CopyStage(simulated_gb_s=...)`` sleeps for
     ``bytes / rate`` instead (for machines without a GPU; every number it produces is marked simulated)."""
@@ -70,8 +60,9 @@ class CopyStage:
         else:
             if not cuda_available():
                 raise RuntimeError("no CUDA device: pass a simulated rate (simulated_gb_s=) instead")
+            from fastload.loader.transfer import DeviceTransfer
             self.device = torch.device(device)
-            self.stream = torch.cuda.Stream(self.device)
+            self.transfer = DeviceTransfer(self.device)     # the loader's own device stage
         self.bytes = 0
         self.seconds = 0.0
 
@@ -86,17 +77,12 @@ class CopyStage:
             time.sleep(nbytes / (self.gb_s * 1e9))
             out = batch
         else:
-            with torch.cuda.stream(self.stream):
-                out = _to_device(batch, self.device)
-                ev = torch.cuda.Event()
-                ev.record(self.stream)
-            ev.synchronize()
-            # the step uses them on the default stream: tell the caching allocator, so their memory is not
-            # handed to the next copy while the step may still read it
-            main = torch.cuda.default_stream(self.device)
-            for leaf in leaves(out):
-                if leaf.is_cuda:
-                    leaf.record_stream(main)
+            # the loader's device stage: a side-stream copy, then handed to this thread's (default) stream,
+            # which the step runs on, with record_stream so the memory is not reused early
+            pending = self.transfer.start(batch)
+            if pending.event is not None:
+                pending.event.synchronize()
+            out = self.transfer.finish(pending)
         self.seconds += time.perf_counter() - t0
         self.bytes += nbytes
         return out

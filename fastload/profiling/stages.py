@@ -1,9 +1,10 @@
-"""One sample through a pipeline, one stage at a time, for :mod:`fastload.profile.cpu` to time.
+"""One sample through a pipeline, one stage at a time, for :mod:`fastload.profiling.cpu` to time.
 
-Three kinds of pipeline are taken apart:
+A fastload pipeline is never taken apart here: a ``ShardDataset`` is measured through the loader's own stage
+timings (:func:`fastload.profiling.targets.loader_stage_costs`), and fastload ops run on an ImageFolder's
+files go through ``FieldPipeline.run_into`` with its own stage hooks (:class:`FieldStages`). What is taken
+apart is what has no hooks (torch's DataLoader):
 
-* a fastload field pipeline (``ShardDataset`` transforms, or fastload ops run on an ImageFolder's files):
-  read the stored bytes, the decode op (decode, crop and resize fused), then each CPU op;
 * a torchvision-style dataset (``samples``, ``loader``, ``transform`` with ``.transforms``): read the file,
   PIL decode, then each transform;
 * any other map-style dataset: ``dataset[i]`` as one "fetch" stage.
@@ -19,9 +20,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from fastload.ops import ArrayOp, Decode, DecodeCenterCrop, DecodeRandomResizedCrop, ImageDecodeOp, InplaceOp
+from fastload.ops import Decode, DecodeCenterCrop, DecodeRandomResizedCrop, ImageDecodeOp
+from fastload.ops.timing import DECODE, READ, StageTimes
 
 from .cpu import StageClock
+from .loader_stats import stage_kind
 from .storage import touch
 
 _CONVERT = ("ToTensor", "PILToTensor", "ToImage", "ToDtype", "ConvertImageDtype", "ToImageTensor")
@@ -47,8 +50,30 @@ def transform_kind(t: Any) -> str:
     return "augment"
 
 
+def pipeline_stage_label(pipe: Any, stage: str, prefix: str = "") -> str:
+    """A row name for one of a field pipeline's own timed stages (:meth:`FieldPipeline.stage_ops`)."""
+    ops = pipe.stage_ops().get(stage, ())
+    if stage == DECODE and ops:
+        fused = " (+ flip, fused into its resize)" if len(ops) > 1 else ""
+        return f"{prefix}{decode_stage_name(ops[0])}{fused}"
+    if ops:
+        return f"{prefix}{stage}: {' -> '.join(repr(op) for op in ops)}"
+    return prefix + stage
+
+
+def stage_label(ds: Any, stage: str) -> str:
+    """A row name for a dataset's timed stage (summed over its fields; named after its first image field)."""
+    pipes = list(ds.pipelines.values())
+    pipe = next((p for p in pipes if p.kind == "image"), pipes[0] if pipes else None)
+    if pipe is None:
+        return stage
+    more = " (all fields)" if len(pipes) > 1 and stage != READ else ""
+    return pipeline_stage_label(pipe, stage) + more
+
+
 class FieldStages:
-    """Stage-by-stage and fused runs of one fastload field pipeline over ``get_raw(i)`` / ``get_size(i)``."""
+    """One fastload field pipeline over ``get_raw(i)`` / ``get_size(i)``, run as the loader runs it
+    (``run_into``), each stage timed by the pipeline's own hooks (:class:`fastload.ops.timing.StageTimes`)."""
 
     def __init__(self, pipe: Any, get_raw: Callable[[int], Any], get_size: Callable[[int], Any],
                  prefix: str = "", seed: int = 0):
@@ -56,81 +81,30 @@ class FieldStages:
         self.rng = np.random.default_rng(seed)
         self._bufs: dict[tuple, np.ndarray] = {}
 
-    def _buf(self, key: Any, shape: tuple, dtype) -> np.ndarray:
-        b = self._bufs.get((key, shape))
+    def _out(self, raw: Any, size: Any) -> np.ndarray:
+        shape = tuple(self.pipe.sample_shape(raw, size))
+        b = self._bufs.get(shape)
         if b is None:
-            b = self._bufs[(key, shape)] = np.empty(shape, dtype)
+            b = self._bufs[shape] = np.empty(shape, self.pipe.output_dtype)
         return b
 
     def run_one(self, i: int, clock: StageClock) -> None:
-        p, pre = self.pipe, self.prefix
         raw = self.get_raw(i)
         touch(raw)
         size = self.get_size(i)
-        clock.lap(pre + "read", "read")
-        ops = list(p.ops)
-        if p.kind == "image":
-            dec = ops.pop(0)
-            plan = dec.plan(size[0], size[1], self.rng)
-            cur = self._buf("decode", tuple(dec.sample_shape(size)), p.output_dtype)
-            dec.decode_into(raw, size, plan, cur, False)
-            clock.lap(pre + decode_stage_name(dec), "decode", repr(dec))
-        else:
-            cur = np.asarray(raw)
-            if any(isinstance(op, InplaceOp) for op in ops) and not cur.flags.writeable:
-                cur = self._buf("copy", cur.shape, cur.dtype)
-                np.copyto(cur, np.asarray(raw))
-        for k, op in enumerate(ops):
-            if isinstance(op, ArrayOp):
-                dst = self._buf(k, tuple(op.output_shape(cur.shape)), cur.dtype)
-                op.apply(cur, dst, self.rng)
-                cur = dst
-            else:
-                op.apply_(cur, self.rng)
-            note = "fused into the decode's resize in the loader" if (
-                k == 0 and p.kind == "image" and type(op).__name__ == "RandomHorizontalFlip") else ""
-            clock.lap(f"{pre}augment: {op!r}", "augment", note)
-
-    def run_fused(self, i: int) -> None:
-        raw = self.get_raw(i)
-        touch(raw)
-        size = self.get_size(i)
-        shape = tuple(self.pipe.sample_shape(raw, size))
-        self.pipe.run_into(raw, size, self._buf("out", shape, self.pipe.output_dtype), self.rng)
-
-
-class ShardDatasetStages:
-    """Every transformed field of a ``ShardDataset``; collation is the fast path's (images are written in
-    place; scalar fields are gathered from the index)."""
-
-    def __init__(self, ds: Any, seed: int = 0):
-        self.ds = ds
-        reader = ds.reader
-        names = list(ds.pipelines)
-        self.fields = []
-        for f in names:
-            prefix = f"{f}: " if len(names) > 1 else ""
-            size = (lambda i, f=f: reader.image_size(i, f)) if ds.kinds[f] == "image" else (lambda i: None)
-            self.fields.append(FieldStages(ds.pipelines[f], lambda i, f=f: reader.get(i, f), size, prefix, seed))
-        self.scalars = [f for f in ds.fields if ds.kinds[f] in ("int", "float")]
-
-    def run_one(self, i: int, clock: StageClock) -> None:
-        for fs in self.fields:
-            fs.run_one(i, clock)
-
-    def run_fused(self, i: int) -> None:
-        for fs in self.fields:
-            fs.run_fused(i)
-
-    def run_batch(self, indices: Sequence[int], clock: StageClock) -> None:
-        idx = np.asarray(indices, np.int64)
+        clock.lap(self.prefix + READ, "read")
+        times = StageTimes()
+        self.pipe.run_into(raw, size, self._out(raw, size), self.rng, times)
+        for stage, _, sec in times.laid_out(0.0):
+            clock.add(pipeline_stage_label(self.pipe, stage, self.prefix), sec, times.cpu_seconds[stage],
+                      stage_kind(stage))
         clock.begin()
-        for f in self.scalars:
-            torch.from_numpy(np.ascontiguousarray(self.ds.reader.column(f)[idx]))
-        clock.lap("collate (in place; labels from the index)", "collate")
 
-    def decode_ops(self) -> list:
-        return [fs.pipe.ops[0] for fs in self.fields if fs.pipe.kind == "image"]
+    def run_fused(self, i: int) -> None:
+        raw = self.get_raw(i)
+        touch(raw)
+        size = self.get_size(i)
+        self.pipe.run_into(raw, size, self._out(raw, size), self.rng)
 
 
 class DatasetStages:
