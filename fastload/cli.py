@@ -63,11 +63,38 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-validate", dest="validate", action="store_false",
                    help="do not test-decode kept images (faster; corrupt files are not caught)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_storage_options(p)
     p.set_defaults(func=cmd_convert)
+
+
+def _storage_options(text: str) -> dict:
+    try:
+        v = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--storage-options must be a JSON object: {e}") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError("--storage-options must be a JSON object")
+    return v
+
+
+def _add_storage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-options", type=_storage_options, default={}, metavar="JSON",
+                   help="for a URL: fsspec options as a JSON object, e.g. '{\"anon\": true}'")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from fastload.convert import convert
+    from fastload.storage.url import is_remote
+    if is_remote(args.dst):     # convert locally, then upload with the manifest last (fastload.storage.upload)
+        import tempfile
+        from fastload.storage.upload import upload_dataset
+        with tempfile.TemporaryDirectory(prefix="fastload-upload-") as tmp:
+            url = args.dst
+            args.dst = str(Path(tmp) / "dataset")
+            cmd_convert(args)
+            upload_dataset(args.dst, url, args.storage_options)
+            print(f"uploaded to {url} (manifest last)")
+        return 0
     summary = convert(args.src, args.dst, backend=args.backend, workers=args.workers,
                       shard_size=args.shard_size, max_side=args.max_side, quality=args.quality,
                       on_error=args.on_error, progress=not args.quiet, print_summary=False,
@@ -146,15 +173,16 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
                                    "with its range (images: smallest and largest by area, median width and "
                                    "height; the JPEG quality only when the images were re-encoded), and one "
                                    "record. Reads the manifest and the index only; decodes nothing.")
-    p.add_argument("dst", metavar="DST", help="dataset directory (the folder holding manifest.json)")
+    p.add_argument("dst", metavar="DST", help="dataset directory (the folder holding manifest.json) or its URL")
     p.add_argument("--record", type=int, default=0, metavar="N", help="which record to show (default 0)")
     p.add_argument("--json", action="store_true", help="print the same as machine-readable JSON")
+    _add_storage_options(p)
     p.set_defaults(func=cmd_inspect)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from fastload.formats import open_dataset
-    r = open_dataset(args.dst)
+    from fastload.storage.reading import open_reader
+    r = open_reader(args.dst, args.storage_options)   # a directory, or a URL (ranged reads, no download)
     m = r.manifest
     info = {
         "path": str(r.path), "backend": r.backend, "records": len(r), "files": len(m.shards),
@@ -201,17 +229,30 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
                                    "sizes, record counts, headers, indexes), then every file and record "
                                    "checksum. With --decode, also decode every image in parallel and list every "
                                    "record that does not decode. Exit status 1 when anything is wrong.")
-    p.add_argument("dst", metavar="DST", help="dataset directory (the folder holding manifest.json)")
+    p.add_argument("dst", metavar="DST", help="dataset directory (the folder holding manifest.json) or its URL")
     p.add_argument("--decode", action="store_true", help="also decode every image (in parallel) and list every "
                                                           "record that does not decode")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding processes for --decode (default: all cores; 0: none)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output on stderr")
+    _add_storage_options(p)
     p.set_defaults(func=cmd_verify)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from fastload.formats import read_manifest, verify_dataset
+    from fastload.storage.url import is_remote
+    if is_remote(args.dst):     # every record's crc32, read block by block from the storage
+        from fastload.storage.reading import open_reader
+        r = open_reader(args.dst, args.storage_options)
+        problems = r.verify(progress=not args.quiet)
+        if problems:
+            for line in problems:
+                print(line)
+            print(f"FAILED: {len(problems)} problem(s) in {args.dst}")
+            return 1
+        print(f"OK: {len(r):,} records in {len(r.manifest.shards)} file(s), every record checksum matches")
+        return 0
     problems = verify_dataset(args.dst, progress=not args.quiet)
     decoded = False
     if args.decode and not problems:

@@ -37,16 +37,26 @@ class ShardDataset(torch.utils.data.Dataset):
         on_corrupt: ``"raise"`` (default): a record that cannot be read or decoded raises
             :class:`CorruptRecordError` naming the shard and record. ``"skip"``: it is replaced by another
             record (chosen deterministically, so the batch stays full), counted, and listed at epoch end.
+        storage_options: for a URL (``s3://``, ``gs://``, ``https://``...): passed to fsspec, as in pandas.
+        cache_dir: where a URL's blocks are cached on this node (default ``~/.cache/fastload``).
+        cache_limit: hard bound on the cache's disk use, bytes or a size such as ``"200GB"``.
+            See docs/REMOTE.md; ``ds[i]`` on a URL fetches the record's block first (slower).
+        block_bytes: size of the blocks of consecutive records fetched, cached and shuffled (URLs and
+            ``order="block"``).
     """
 
     def __init__(self, path: str | os.PathLike, transforms: dict[str, Sequence] | None = None,
                  fields: Sequence[str] | None = None, readahead: bool = False, verify_checksums: bool = False,
-                 on_corrupt: str = "raise"):
+                 on_corrupt: str = "raise", *, storage_options: dict | None = None,
+                 cache_dir: str | os.PathLike | None = None, cache_limit: int | str | None = None,
+                 block_bytes: int = 8 << 20):
         if on_corrupt not in ("raise", "skip"):
             raise ValueError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
         self.on_corrupt = on_corrupt
         self.path = path
-        self.reader = open_dataset(path, readahead=readahead, verify_reads=verify_checksums)
+        from .storage.reading import open_reader    # a local directory or a URL through the block cache
+        self.reader = open_reader(path, storage_options, cache_dir, cache_limit, readahead=readahead,
+                                  verify_reads=verify_checksums, block_bytes=block_bytes)
         schema = self.reader.schema
         self.fields = list(fields) if fields is not None else list(schema)
         unknown = [f for f in self.fields if f not in schema]

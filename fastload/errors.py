@@ -55,3 +55,15 @@ class OpenFilesError(FastloadError, OSError):
 class TransformError(FastloadError):
     """A callable in ``transforms=`` failed, or returned what the batch cannot hold (another shape or dtype
     than the one declared from the first record); names the callable, and the field and sample when known."""
+
+
+class StorageError(FastloadError, OSError):
+    """Remote storage failed for good (after retries), or a backend is missing; names the URL, and where it
+    applies the shard and block being read."""
+
+    def __init__(self, message: str, url: str | None = None, shard: str | None = None,
+                 block: int | None = None):
+        self.url, self.shard, self.block = url, shard, block
+        where = [w for w in (url, f"shard {shard}" if shard else None,
+                             f"block {block}" if block is not None else None) if w]
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from . import resume
+from .block_order import block_order_for
 from .iterator import InProcessIter, RingLoaderIter
 from .order import BlockShuffleSampler, DistributedOrder
 from .shard_batches import ShardBatches
@@ -82,6 +83,16 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         if isinstance(dataset, IterableDataset) and (distributed or order is not None):
             raise ValueError("distributed= and order= choose the sampler of a map-style dataset; an "
                              "IterableDataset orders (and shards) itself: see torch.utils.data.get_worker_info()")
+        # -- block order (fastload/loader/block_order.py): order="block", remote / larger-than-memory data --
+        block = block_order_for(dataset, shuffle=shuffle, order=order, sampler=sampler,
+                                batch_sampler=batch_sampler, distributed=distributed, rank=rank,
+                                world_size=world_size, seed=seed, generator=generator, drop_last=drop_last,
+                                batch_size=batch_size, num_workers=num_workers, prefetch_factor=prefetch_factor,
+                                resolve=_rank_and_world)
+        if block is not None:
+            sampler, shuffle, order, distributed, rank, world_size = block, None, None, False, None, None
+            self.stats.order = block.quality
+        # -- end block order --
         if distributed or rank is not None or world_size is not None:
             if sampler is not None or batch_sampler is not None:
                 raise ValueError("distributed=True makes the sampler (a DistributedSampler-like order): don't "
