@@ -52,6 +52,10 @@ class ConversionError(FastloadError):
     """A conversion task or worker failed; the message names the task, its work unit and source items."""
 
 
+class OpenFilesError(FastloadError, OSError):
+    """The process ran out of file descriptors (``ulimit -n``); says what holds them and how to raise it."""
+
+
 class TransformError(FastloadError):
     """A callable in ``transforms=`` failed, or returned what the batch cannot hold (another shape or dtype
     than the one declared from the first record); names the callable, and the field and sample when known."""

@@ -115,7 +115,7 @@ def test_distributed_resume_on_a_different_number_of_ranks():
         for it in its:
             done.update(next(it).tolist())
     states = [l.state_dict() for l in ranks2]
-    assert states[0]["distributed"]["consumed"] == 3 * bs * 2
+    assert states[0]["order"]["distributed"]["consumed"] == 3 * bs * 2
     ranks3 = loaders(3)
     for l in ranks3:
         l.load_state_dict(states[0])

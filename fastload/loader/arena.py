@@ -3,8 +3,14 @@
 The worker pickles the collated batch with a pickler whose ``persistent_id`` diverts every plain CPU tensor
 and numeric numpy array into the slot (or, when it already lives there, only records where). Everything else
 in the structure (dicts, namedtuples, strings, user classes) pickles as usual, so any batch that pickles
-works, and its types come back exactly. If the slot is too small the batch is pickled whole instead and the
-needed size is reported so the main process can grow the slot.
+works, and its types come back exactly. Tensors the slot cannot hold as raw bytes (nested, sparse and
+quantized tensors, tensor subclasses, tensors that require grad) go through torch's own pickling for that
+object. If the slot is too small the batch is pickled whole instead (a copy through the result pipe, no file
+descriptors) and the needed size is reported so the main process can grow the slot.
+
+When the main process rebuilds a batch, small arrays (labels, ids, per-sample scalars) are copied out of the
+slot and only the large ones view it: a training loop that keeps its labels then keeps a few bytes, not the
+slot (and its file descriptor).
 """
 from __future__ import annotations
 
@@ -15,9 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..formats.records import align_up
 from .ring import Segment
 
 _ALIGN = 64
+SMALL_BYTES = 64 * 1024   # arrays up to this size (or 1/16 of the batch) are copied out of the slot
 
 
 @dataclass
@@ -28,7 +36,7 @@ class Packed:
 
 
 def _tensor_ok(t) -> bool:
-    return (type(t) is torch.Tensor and t.layout == torch.strided and t.device.type == "cpu"
+    return (type(t) is torch.Tensor and not t.is_nested and t.layout == torch.strided and t.device.type == "cpu"
             and not t.requires_grad and not t.is_quantized and not t.is_conj() and not t.is_neg())
 
 
@@ -42,7 +50,7 @@ class _ArenaPickler(pickle.Pickler):
         self.overflow = False
 
     def _alloc(self, nbytes: int) -> int:
-        off = (self.cursor + _ALIGN - 1) // _ALIGN * _ALIGN
+        off = align_up(self.cursor, _ALIGN)
         self.cursor = off + nbytes
         if self.cursor > self.size:
             self.overflow = True
@@ -100,14 +108,14 @@ def pack(batch, seg: Segment | None, reserved: int = 0) -> Packed:
     p.dump(batch)
     if not p.overflow and seg is not None:
         return Packed(buf.getvalue(), True, p.cursor)
-    # too big for the slot (or no slot yet): the result pipe's pickler moves tensors the way torch does
-    return Packed(batch, False, p.cursor)
+    # too big for the slot (or no slot yet): one self-contained pickle, arrays included
+    return Packed(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL), False, p.cursor)
 
 
 class _ArenaUnpickler(pickle.Unpickler):
-    def __init__(self, file, mm, copy: bool):
+    def __init__(self, file, mm, copy_below: int):
         super().__init__(file)
-        self.mm, self.copy = mm, copy
+        self.mm, self.copy_below = mm, copy_below
 
     def persistent_load(self, pid):
         kind, off, dtype, shape, strides = pid
@@ -118,16 +126,18 @@ class _ArenaUnpickler(pickle.Unpickler):
             span = (sum((s - 1) * st for s, st in zip(shape, strides)) + 1) * esize
             raw = torch.frombuffer(self.mm, dtype=torch.uint8, count=span, offset=off)
             t = raw.view(dtype).as_strided(shape, strides)
-            if self.copy:
+            if span <= self.copy_below:
                 t = t.clone()
         return t.numpy() if kind == "n" else t
 
 
-def unpack(packed_payload: bytes, in_arena: bool, mm=None, copy: bool = False):
-    """Rebuild the batch a worker packed; its arrays view ``mm`` (a mapping of the slot) unless ``copy``."""
+def unpack(packed_payload: bytes, in_arena: bool, mm=None, copy: bool = False, needed: int = 0):
+    """Rebuild the batch a worker packed. Its large arrays view ``mm`` (a mapping of the slot); arrays of up
+    to ``max(SMALL_BYTES, needed / 16)`` bytes are copied out, and all of them with ``copy``."""
     if not in_arena:
-        return packed_payload
-    return _ArenaUnpickler(io.BytesIO(packed_payload), mm, copy).load()
+        return pickle.loads(packed_payload)
+    copy_below = 2**62 if copy else max(SMALL_BYTES, needed // 16)
+    return _ArenaUnpickler(io.BytesIO(packed_payload), mm, copy_below).load()
 
 
 class ArenaAllocator:
@@ -145,7 +155,7 @@ class ArenaAllocator:
         for s in shape:
             numel *= s
         nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        off = (self.cursor + _ALIGN - 1) // _ALIGN * _ALIGN
+        off = align_up(self.cursor, _ALIGN)
         if nbytes == 0 or off + nbytes > self.seg.size:
             return None
         self.cursor = off + nbytes

@@ -152,6 +152,14 @@ class BlockOrder(DistributedOrder):
     def _step(self) -> int:
         return int(min(MAX_STEP, max(4, self.n / max(len(self.first), 1))))
 
+    def state_differences(self, state: dict) -> list[str]:
+        """A block order adopts the saved seed and world size (:meth:`restore`): nothing to refuse."""
+        return []
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.restore(state)
+
     def restore(self, state: dict) -> None:
         """From the loader's saved state: the seed and the world size the position was counted in."""
         self.seed = state.get("seed", self.seed)

@@ -2,27 +2,31 @@
 shared-memory ring by persistent worker processes, and the fused decode path for fastload shards."""
 from __future__ import annotations
 
-import sys
+import time
 import weakref
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import torch
-from torch.utils.data import Dataset, Sampler, _DatasetKind
+from torch.utils.data import Dataset, IterableDataset, Sampler
 
-from .inprocess import InProcessIter
-from .iterator import RingLoaderIter
+from . import resume
 from .block_order import block_order_for
+from .iterator import InProcessIter, RingLoaderIter
 from .order import BlockShuffleSampler, DistributedOrder
+from .shard_batches import ShardBatches
 from .stats import LoaderStats
 from .transfer import DeviceTransfer, Pending, register_pinned
 
+T_co = TypeVar("T_co", covariant=True)
 
-class DataLoader(torch.utils.data.DataLoader):
+
+class DataLoader(torch.utils.data.DataLoader[T_co]):
     """Drop-in replacement for :class:`torch.utils.data.DataLoader`.
 
-    Every torch argument keeps its meaning, default and validation. Batches are never copied out of shared
-    memory: each one views its ring slot, and a slot is reused only once nothing views it any more, so a
-    batch you keep stays valid for as long as you keep it. Extra keyword-only arguments:
+    Every torch argument keeps its meaning, default and validation. Batches are not pickled through queues:
+    each one's large arrays view its shared-memory ring slot (small ones, such as labels, are copied out), and
+    a slot is reused only once nothing views it any more, so a batch you keep stays valid for as long as you
+    keep it, and keeping only its labels pins no slot. Extra keyword-only arguments:
 
     * ``device``: deliver batches on this device (e.g. ``"cuda"``). Copies run on a side CUDA stream from
       page-locked ring slots, one batch ahead of the training step.
@@ -38,6 +42,8 @@ class DataLoader(torch.utils.data.DataLoader):
       Without it, the loader raises at once, naming the worker and the signal.
     * ``seed``: shorthand for ``generator=torch.Generator().manual_seed(seed)`` — a reproducible shuffle
       order and augmentation stream, whatever ``num_workers`` is.
+
+    :meth:`state_dict` / :meth:`load_state_dict` save and restore the position mid-epoch. See docs/LOADER.md.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int | None = 1, shuffle: bool | None = None,
@@ -54,10 +60,12 @@ class DataLoader(torch.utils.data.DataLoader):
                  restart_workers: bool = False):
         self.restart_workers = restart_workers
         self._resume: dict | None = None
-        self._epoch_start: dict | None = None
+        self._epoch_start: resume.Seeds | None = None
         self._epoch_skipped = 0
         self._live = None
         self._live_device = None
+        self._persistent_iter = None
+        self.reported_len: int | None = None   # len(loader) of an IterableDataset, for torch's warning
         self.stats = LoaderStats()   # per-stage seconds, filled by the workers' per-batch messages
         self.device = torch.device(device) if device is not None else None
         if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
@@ -67,8 +75,14 @@ class DataLoader(torch.utils.data.DataLoader):
         if gpu_transforms and device is None:
             raise ValueError("gpu_transforms run on the device batches are sent to: pass device= as well "
                              "(e.g. device='cuda')")
-        if seed is not None and generator is None:
+        if seed is not None:
+            if generator is not None:
+                raise ValueError("seed= is shorthand for generator=torch.Generator().manual_seed(seed): "
+                                 "pass one of them, not both")
             generator = torch.Generator().manual_seed(seed)
+        if isinstance(dataset, IterableDataset) and (distributed or order is not None):
+            raise ValueError("distributed= and order= choose the sampler of a map-style dataset; an "
+                             "IterableDataset orders (and shards) itself: see torch.utils.data.get_worker_info()")
         # -- block order (fastload/loader/block_order.py): order="block", remote / larger-than-memory data --
         block = block_order_for(dataset, shuffle=shuffle, order=order, sampler=sampler,
                                 batch_sampler=batch_sampler, distributed=distributed, rank=rank,
@@ -105,6 +119,10 @@ class DataLoader(torch.utils.data.DataLoader):
                          generator=generator, prefetch_factor=prefetch_factor,
                          persistent_workers=persistent_workers, pin_memory_device=pin_memory_device,
                          in_order=in_order)
+        if self.num_workers > 0 and self.prefetch_factor is not None and self.prefetch_factor < 1:
+            # torch accepts 0 here and then fails on an assertion (or, before fastload 0.2, an empty epoch)
+            raise ValueError(f"prefetch_factor={self.prefetch_factor}: with num_workers > 0 each worker needs "
+                             f"at least 1 batch in flight (prefetch_factor >= 1; the default is 2)")
 
     # --- epochs, resume -----------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -113,12 +131,26 @@ class DataLoader(torch.utils.data.DataLoader):
             raise ValueError("set_epoch applies to distributed=True loaders")
         self.sampler.set_epoch(epoch)
 
+    def __len__(self) -> int:
+        n = super().__len__()
+        if isinstance(self.dataset, IterableDataset):
+            self.reported_len = n
+        return n
+
     def __iter__(self):
         if isinstance(self.sampler, DistributedOrder):
             self.sampler.begin_pass()
-        if self._resume is not None and self.persistent_workers and self._iterator is not None:
-            self._iterator = None   # a resumed epoch starts on fresh workers (they are re-seeded)
-        return super().__iter__()
+        if self.persistent_workers and self.num_workers > 0:
+            it = self._persistent_iter
+            if it is not None and (self._resume is not None or it.closed):
+                it.close()   # a resumed epoch starts on fresh workers (they are re-seeded)
+                it = None
+            if it is None:
+                it = self._persistent_iter = self._make_iterator()
+            else:
+                it.reset_epoch()
+            return it
+        return self._make_iterator()
 
     def _rng_state(self) -> torch.Tensor:
         return self.generator.get_state() if self.generator is not None else torch.get_rng_state()
@@ -126,31 +158,25 @@ class DataLoader(torch.utils.data.DataLoader):
     def _resume_seeds(self, it) -> None:
         """Before workers start: the seeds of the epoch being resumed."""
         if self._resume is not None:
-            it._base_seed = self._resume["base_seed"]
+            it.base_seed = self._resume["seeds"]["base_seed"]
 
     def _begin_epoch(self, it) -> None:
         """Called by an iterator right before its sampler first draws: record (or restore) where the epoch
         starts, and skip the index lists of batches a resumed run already consumed."""
         r, self._resume = self._resume, None
+        distributed = isinstance(self.sampler, DistributedOrder)
         if r is not None:
+            seeds = r["seeds"]
             if self.generator is not None:
-                self.generator.set_state(r["rng_state"])
+                self.generator.set_state(seeds["rng_state"])
             else:
-                torch.set_rng_state(r["rng_state"])
-            it._base_seed = r["base_seed"]
-            if hasattr(it, "_aug_seed"):
-                it._aug_seed = r["aug_seed"]
-        elif isinstance(self.sampler, DistributedOrder) and hasattr(it, "_aug_seed"):
-            it._aug_seed = self.sampler.epoch_seed()
-        self._epoch_start = {"rng_state": self._rng_state(), "base_seed": it._base_seed,
-                             "aug_seed": getattr(it, "_aug_seed", it._base_seed)}
-        skip = r["batches"] if r is not None and not isinstance(self.sampler, DistributedOrder) else 0
-        for _ in range(skip):
-            try:
-                it._next_index()
-            except StopIteration:
-                break
-        it._num_yielded = skip
+                torch.set_rng_state(seeds["rng_state"])
+            it.base_seed, it.aug_seed = seeds["base_seed"], seeds["aug_seed"]
+        elif distributed and it.epoch_seeded:
+            it.aug_seed = self.sampler.epoch_seed()
+        self._epoch_start = resume.Seeds(self._rng_state(), it.base_seed, it.aug_seed)
+        skip = r["position"]["batches"] if r is not None and not distributed else 0
+        it.skip_batches(skip)
         self._epoch_skipped = skip
         self._live = weakref.ref(it)
 
@@ -158,82 +184,59 @@ class DataLoader(torch.utils.data.DataLoader):
         """Where the loader is: resume with :meth:`load_state_dict` to get exactly the batches that the
         uninterrupted run would have produced next (same samples, same augmentation randomness).
 
-        Restoring costs O(1) data work: no sample is loaded to get back to the saved step.
+        The state is composed from the stages' own: ``order`` (sampler kind, dataset length, shuffle, batch
+        size; the distributed epoch and consumed samples), ``seeds`` and ``position``. Restoring costs O(1)
+        data work: no sample is loaded to get back to the saved step.
         """
         if not self.in_order:
             import warnings
             warnings.warn("state_dict with in_order=False: batches were handed out as they completed, so a "
                           "resume skips the first batches in sampler order, not the ones you saw", stacklevel=2)
         it = self._live() if self._live is not None else None
-        batches = it._num_yielded if it is not None else 0
+        batches = it.yielded if it is not None else 0
         dev = self._live_device() if self._live_device is not None else None
         if dev is not None and dev.inner is it and dev.pending is not None:
             batches -= 1   # fetched ahead for the device copy, not yet handed out
-        state = {"version": 1, "batches": batches, "batch_size": self.batch_size, **(self._epoch_start or {})}
-        if not self._epoch_start:
-            state.update(rng_state=self._rng_state(), base_seed=None, aug_seed=None)
+        order = resume.order_of(self)
         if isinstance(self.sampler, DistributedOrder):
-            s = self.sampler
-            state["distributed"] = {"epoch": s.epoch, "seed": s.seed, "world_size": s.world_size,
-                                    "consumed": s.start + (batches - self._epoch_skipped) * (self.batch_size or 1)
-                                    * s.world_size}
-        return state
+            order.distributed = self.sampler.state_dict((batches - self._epoch_skipped) * (self.batch_size or 1))
+        return resume.compose(order, self._epoch_start, batches)
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume from :meth:`state_dict` (also on a different number of ranks when ``distributed``)."""
-        if state.get("version") != 1:
-            raise ValueError(f"unknown fastload DataLoader state version {state.get('version')!r}")
-        if state.get("base_seed") is None:   # saved before any epoch started: nothing to skip
-            return
-        if state["batches"] and self._dataset_kind != _DatasetKind.Map:
-            raise ValueError("resuming mid-epoch needs a map-style dataset: an IterableDataset's position "
-                             "cannot be restored from outside (save at an epoch boundary instead)")
-        if state.get("distributed") is None and state["batches"] and state.get("batch_size") != self.batch_size:
-            raise ValueError(f"this state was saved with batch_size={state.get('batch_size')}; resuming with "
-                             f"batch_size={self.batch_size} would skip the wrong samples")
-        self._resume = dict(state)
-        d = state.get("distributed")
-        if d is not None:
-            if not isinstance(self.sampler, DistributedOrder):
-                raise ValueError("this state was saved by a distributed=True loader; make this one distributed too")
-            self.sampler.set_epoch(d["epoch"])
-            self.sampler.start = d["consumed"]
-            self.sampler._passes = 0   # the next pass is the resumed one: it keeps epoch and start
-            if hasattr(self.sampler, "restore"):   # block order: its seed and the saved world size
-                self.sampler.restore(d)
+        """Resume from :meth:`state_dict` (also on a different number of ranks when ``distributed``).
 
-    def _get_iterator(self):
-        it = self._host_iterator()
+        Refuses (``ValueError`` naming what differs, the loader left as it was) a state this loader cannot
+        honour exactly: another dataset length, sampler or shuffle, batch size, distributed or not.
+        """
+        state = resume.check(state, self)
+        if state["seeds"] is None:   # saved before any epoch started: nothing to skip
+            return
+        if state["order"]["distributed"] is not None:
+            self.sampler.load_state_dict(state["order"]["distributed"])
+        self._resume = state
+
+    def _make_iterator(self):
+        batches = None
+        if ShardBatches.applies(self.dataset, self.batch_sampler is not None, self.collate_fn):
+            batches = ShardBatches(self.dataset, self.batch_size or 1)
+        if self.num_workers == 0:
+            it = InProcessIter(self, batches)
+        else:
+            self.check_worker_number_rationality()
+            pin = register_pinned if self.device is not None and self.device.type == "cuda" else None
+            it = RingLoaderIter(self, batches, on_new_segment=pin)
         if self.device is None:
             return it
-        dev = DeviceIter(it, DeviceTransfer(self.device, self.gpu_transforms))
+        dev = DeviceIter(it, DeviceTransfer(self.device, self.gpu_transforms), self.stats)
         self._live_device = weakref.ref(dev)
         return dev
-
-    def _host_iterator(self):
-        batches = None
-        if "fastload.dataset" in sys.modules:   # else the dataset cannot be a ShardDataset
-            from .shard_batches import ShardBatches
-            if ShardBatches.applies(self.dataset, self._auto_collation, self.collate_fn):
-                batches = ShardBatches(self.dataset, self.batch_size or 1)
-        if self.num_workers == 0:
-            if batches is not None:
-                return InProcessIter(self, batches)
-            it = super()._get_iterator()
-            self._begin_epoch(it)
-            return it
-        self.check_worker_number_rationality()
-        pin = None
-        if self.device is not None and self.device.type == "cuda":
-            pin = register_pinned
-        return RingLoaderIter(self, batches, on_new_segment=pin)
 
 
 class DeviceIter:
     """Wraps a host-batch iterator: keeps one batch's copy in flight ahead of the one handed out."""
 
-    def __init__(self, inner, transfer: DeviceTransfer):
-        self.inner, self.transfer = inner, transfer
+    def __init__(self, inner, transfer: DeviceTransfer, stats: LoaderStats):
+        self.inner, self.transfer, self.stats = inner, transfer, stats
         self.pending: Pending | None = None
         self.done = False
 
@@ -249,10 +252,18 @@ class DeviceIter:
             self.pending.event.synchronize()
         self.pending = None
 
-    def _reset(self, loader, first_iter: bool = False) -> None:   # persistent workers: a new epoch
+    def reset_epoch(self) -> None:   # persistent workers: a new epoch
         self._settle()
-        self.inner._reset(loader, first_iter)
+        self.inner.reset_epoch()
         self.done = False
+
+    @property
+    def closed(self) -> bool:
+        return getattr(self.inner, "closed", False)
+
+    def close(self) -> None:
+        self._settle()
+        self.inner.close()
 
     def __del__(self) -> None:
         self._settle()
@@ -265,7 +276,10 @@ class DeviceIter:
         except StopIteration:
             self.done = True
             return None
-        return self.transfer.start(host)
+        t0 = time.perf_counter()
+        pending = self.transfer.start(host)
+        self.stats.add_main("transfer", t0, time.perf_counter() - t0)
+        return pending
 
     def __next__(self):
         if self.pending is None:

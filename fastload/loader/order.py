@@ -106,5 +106,26 @@ class DistributedOrder(Sampler[int]):
         self._passes += 1
         self._explicit_epoch = False
 
+    def state_dict(self, consumed_here: int) -> dict:
+        """This order's part of the loader state, after ``consumed_here`` samples of this pass on this rank
+        (every rank consumes as many, so the global position is ``start + consumed_here * world_size``)."""
+        return {"epoch": self.epoch, "seed": self.seed, "world_size": self.world_size,
+                "consumed": self.start + consumed_here * self.world_size}
+
+    def state_differences(self, state: dict) -> list[str]:
+        """What in a saved :meth:`state_dict` this order cannot resume exactly (another seed: another global
+        order). Another world size is fine: the remaining samples are re-sliced."""
+        if state.get("seed") != self.seed:
+            return [f"it was saved with seed={state.get('seed')}; this loader has seed={self.seed} "
+                    f"(another global order)"]
+        return []
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume that pass: the next pass keeps its epoch and starts after the samples all ranks consumed
+        (re-sliced among this world size's ranks)."""
+        self.set_epoch(state["epoch"])
+        self.start = state["consumed"]
+        self._passes = 0
+
     def __iter__(self) -> Iterator[int]:
         return iter(self._remaining())

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SharedMemoryError
+from ..errors import OpenFilesError, SharedMemoryError
+from ..formats.records import align_up
 from ..liveness import pid_alive
 
 SHM_DIR = Path(os.environ.get("FASTLOAD_SHM_DIR", "/dev/shm"))
@@ -63,8 +64,43 @@ def reclaim_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
     return removed
 
 
-def _round_up(n: int, a: int = ALIGN) -> int:
-    return (n + a - 1) // a * a
+
+
+
+def human_bytes(n: float) -> str:
+    """``98 KiB``, ``9.4 MiB``, ``3.0 GiB``: sizes in messages, never "0 MiB" for a small slot."""
+    if n < 2**20:
+        return f"{max(n, 0) / 2**10:.0f} KiB"
+    if n < 2**30:
+        return f"{n / 2**20:.1f} MiB"
+    return f"{n / 2**30:.1f} GiB"
+
+
+def open_files_error(e: OSError, what: str) -> OpenFilesError:
+    """The error for EMFILE/ENFILE, saying what holds descriptors and how to get more (as torch's does)."""
+    try:
+        import resource
+        limit = f" (the limit is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
+    except (ImportError, OSError, ValueError):
+        limit = ""
+    return OpenFilesError(
+        f"{what}: too many open files{limit}. Each worker holds one file descriptor per ring slot and each "
+        f"batch you keep whose large tensors still view shared memory holds one. Increase the limit using "
+        f"`ulimit -n` in the shell (e.g. `ulimit -n 65536`) or resource.setrlimit(resource.RLIMIT_NOFILE, ...), "
+        f"or keep copies (`.clone()`) of the large tensors you keep. [{e}]")
+
+
+def _is_out_of_fds(e: OSError) -> bool:
+    return e.errno in (errno.EMFILE, errno.ENFILE)
+
+
+def check_shm_dir(shm_dir: Path = SHM_DIR) -> None:
+    """A clear error when the shared-memory directory (``FASTLOAD_SHM_DIR``) is missing or not a directory."""
+    if not shm_dir.is_dir():
+        what = "does not exist" if not shm_dir.exists() else "is not a directory"
+        source = "FASTLOAD_SHM_DIR" if "FASTLOAD_SHM_DIR" in os.environ else "the shared-memory directory"
+        raise SharedMemoryError(f"{source}={shm_dir} {what}: create it (a tmpfs such as /dev/shm), or unset "
+                                f"FASTLOAD_SHM_DIR to use /dev/shm")
 
 
 class Segment:
@@ -77,12 +113,16 @@ class Segment:
 
     @classmethod
     def create(cls, size: int, tag: str, shm_dir: Path = SHM_DIR) -> "Segment":
-        size = max(ALIGN, _round_up(size))
+        size = max(ALIGN, align_up(size, ALIGN))
         name = f"{PREFIX}{os.getpid()}_{_NS}_{tag}_{secrets.token_hex(4)}"
         path = shm_dir / name
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as e:
+            if _is_out_of_fds(e):
+                raise open_files_error(e, f"cannot create shared memory segment {path}") from e
+            if not shm_dir.is_dir():
+                check_shm_dir(shm_dir)
             raise SharedMemoryError(f"cannot create shared memory segment {path}: {e}") from e
         try:
             try:
@@ -92,25 +132,35 @@ class Segment:
                 if e.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
                     free = shutil.disk_usage(shm_dir).free
                     raise SharedMemoryError(
-                        f"{shm_dir} has {free / 2**20:.0f} MiB free but a ring slot needs "
-                        f"{size / 2**20:.0f} MiB. Give the container more shared memory (e.g. docker run "
+                        f"{shm_dir} has {human_bytes(free)} free but a ring slot needs "
+                        f"{human_bytes(size)}. Give the container more shared memory (e.g. docker run "
                         f"--shm-size=8g), or lower batch_size, num_workers or prefetch_factor, "
                         f"or set FASTLOAD_SHM_DIR to a larger tmpfs.") from e
                 raise
-            mm = mmap.mmap(fd, size)
-        except BaseException:
+            try:
+                mm = mmap.mmap(fd, size)   # the mapping keeps its own descriptor
+            except OSError as e:
+                os.unlink(path)
+                if _is_out_of_fds(e):
+                    raise open_files_error(e, f"cannot map shared memory segment {path}") from e
+                raise
+        finally:
             os.close(fd)
-            raise
-        return cls(name, size, mm, owner=True, fd=fd)
+        return cls(name, size, mm, owner=True)
 
     @classmethod
     def attach(cls, name: str, shm_dir: Path = SHM_DIR) -> "Segment":
-        fd = os.open(shm_dir / name, os.O_RDWR)
         try:
-            size = os.fstat(fd).st_size
-            mm = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
+            fd = os.open(shm_dir / name, os.O_RDWR)
+            try:
+                size = os.fstat(fd).st_size
+                mm = mmap.mmap(fd, size)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            if _is_out_of_fds(e):
+                raise open_files_error(e, f"cannot attach shared memory segment {shm_dir / name}") from e
+            raise
         return cls(name, size, mm, owner=False)
 
     def array(self, offset: int = 0, nbytes: int | None = None) -> np.ndarray:
@@ -157,18 +207,19 @@ class RingBuffer:
     """
 
     def __init__(self, n_slots: int, slot_bytes: int = 0, tag: str = "ring", on_new_segment=None):
+        check_shm_dir()
         reclaim_stale_segments()
         self.tag = tag
         self.on_new_segment = on_new_segment   # e.g. page-lock each segment for CUDA
         self.segments: list[Segment | None] = [None] * n_slots
         self.free: list[int] = list(range(n_slots))[::-1]
         if slot_bytes > 0:
-            need = n_slots * _round_up(slot_bytes)
+            need = n_slots * align_up(slot_bytes, ALIGN)
             free = shutil.disk_usage(SHM_DIR).free
             if need > free:
                 raise SharedMemoryError(
-                    f"the ring needs {need / 2**20:.0f} MiB of shared memory ({n_slots} slots x "
-                    f"{slot_bytes / 2**20:.1f} MiB) but {SHM_DIR} has {free / 2**20:.0f} MiB free. Give the "
+                    f"the ring needs {human_bytes(need)} of shared memory ({n_slots} slots x "
+                    f"{human_bytes(slot_bytes)}) but {SHM_DIR} has {human_bytes(free)} free. Give the "
                     f"container more (docker run --shm-size={max(1, -(-need * 2 // 2**30))}g), lower batch_size, "
                     f"num_workers or prefetch_factor, or set FASTLOAD_SHM_DIR to a larger tmpfs.")
             try:

@@ -8,9 +8,15 @@ import time
 import numpy as np
 import torch
 
+from torch.utils.data import default_collate
+
 from ..dataset import ShardDataset
 from ..errors import CorruptRecordError, FormatError
+from ..formats.records import align_up
 from ..ops.timing import StageTimes
+from .builder import BatchBuilder
+from .messages import BatchTimings, Job
+from .ring import Segment
 from .stats import span
 
 _ALIGN = 64
@@ -22,13 +28,17 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=np.array([seed % 2**64, index], dtype=np.uint64)))
 
 
-class ShardBatches:
-    """Builds ``[images [B,3,H,W] uint8 (channels_last), labels [B] int64, ...]`` batches in place."""
+class ShardBatches(BatchBuilder):
+    """Builds ``[images [B,3,H,W] uint8 (channels_last), labels [B] int64, ...]`` batches in place.
 
-    wants_epoch_seed = True
+    The slot layout comes from ``ShardDataset.sample_spec()`` (every field's shape and dtype, known before
+    the first batch); each sample is written by ``ShardDataset.write_sample(i, outs, rng)``.
+    """
+
+    epoch_seeded = True
 
     def __init__(self, dataset: ShardDataset, batch_size: int):
-        self.dataset = dataset
+        self._dataset = dataset
         spec = dataset.sample_spec()
         assert spec is not None
         self.layout = []   # (field, shape, dtype, offset, in_index)
@@ -37,7 +47,7 @@ class ShardBatches:
             if shape == ():   # int/float fields live in the reader's index: gathered, not written
                 self.layout.append((name, shape, dtype, -1))
                 continue
-            off = (off + _ALIGN - 1) // _ALIGN * _ALIGN
+            off = align_up(off, _ALIGN)
             self.layout.append((name, shape, dtype, off))
             off += batch_size * int(np.prod(shape)) * dtype.itemsize
         self.reserved_bytes = off
@@ -50,14 +60,14 @@ class ShardBatches:
                          if off >= 0 and dataset.kinds[name] == "ndarray" and not pipes[name].ops]
         self.random = any(getattr(op, "random", False) for p in pipes.values() for op in p.ops)
 
+    @property
+    def dataset(self) -> ShardDataset:
+        return self._dataset
+
     @staticmethod
     def applies(dataset, auto_collation: bool, collate_fn) -> bool:
-        from torch.utils.data._utils.collate import default_collate
         return (isinstance(dataset, ShardDataset) and auto_collation and collate_fn is default_collate
                 and dataset.sample_spec() is not None)
-
-    def start_epoch(self) -> None:
-        pass
 
     def _column(self, name: str) -> np.ndarray:
         col = self._columns.get(name)
@@ -65,7 +75,7 @@ class ShardBatches:
             col = self._columns[name] = self.dataset.reader.column(name)
         return col
 
-    def _write_one(self, idx: int, outs: dict, seed: int, timings: dict, times: StageTimes) -> int:
+    def _write_one(self, idx: int, outs: dict, seed: int, timings: BatchTimings, times: StageTimes) -> int:
         """Write sample ``idx`` (or, with on_corrupt="skip", its replacement); returns the index written."""
         ds = self.dataset
         for candidate in ds.candidates(idx):
@@ -75,10 +85,10 @@ class ShardBatches:
             except (CorruptRecordError, FormatError) as e:
                 if ds.on_corrupt == "raise":
                     raise
-                timings.setdefault("skipped", []).append((idx, str(e)))
+                timings.skipped.append((idx, str(e)))
         raise CorruptRecordError(f"sample {idx} and its replacements are all unreadable", index=idx)
 
-    def build(self, job, seg, timings: dict):
+    def build(self, job: Job, seg: Segment | None, timings: BatchTimings):
         indices = job.index
         n = len(indices)
         buf = seg.mm if seg is not None else bytearray(self.slot_bytes)
@@ -100,8 +110,8 @@ class ShardBatches:
                 for k in views.keys() - per_sample.keys():
                     self.dataset.reader.gather(k, idx_arr, views[k])
         span(timings, "read+decode+augment", t0)
-        timings["spans"].extend(times.laid_out(t0))
-        timings["stage_cpu"] = times.cpu_seconds
+        timings.spans.extend(times.laid_out(t0))
+        timings.stage_cpu = dict(times.cpu_seconds)
         out = []
         for name, shape, dtype, off in self.layout:
             if off < 0:

@@ -112,3 +112,8 @@ def register_pinned(mm) -> Callable[[], None] | None:
     if int(err) != 0:
         return None   # fall back to pageable copies; still correct
     return lambda: cudart.cudaHostUnregister(ptr)
+
+
+def pin_batch(batch):
+    """The batch with every tensor in page-locked memory (``pin_memory=True``)."""
+    return _map(batch, lambda t: t.pin_memory())

@@ -1,7 +1,8 @@
 """The worker process: take tiny batch jobs, build the batch into a ring slot, answer with a tiny message.
 
-Seeding, ``get_worker_info()``, ``worker_init_fn``, fetching and error wrapping follow torch's own worker
-loop, so datasets written for torch's DataLoader behave the same here.
+Seeding (``random``, ``torch`` and ``numpy`` from ``base_seed + worker_id``), ``get_worker_info()``,
+``worker_init_fn`` and the wrapping of errors behave as in torch's own worker, so datasets written for torch's
+DataLoader behave the same here.
 """
 from __future__ import annotations
 
@@ -9,111 +10,36 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import _utils
-from torch.utils.data._utils.worker import WorkerInfo, _generate_state, _IterableDatasetStopIteration
 
-from .arena import ArenaAllocator, pack
+from .arena import pack
+from .builder import BatchBuilder
+from .messages import BatchTimings, Job, Result, Resume, Shutdown, Status, WorkerFailure
 from .ring import Segment
 from .stats import span
 
 POLL_S = 1.0
 
 
-@dataclass
-class Job:
-    task: int                 # task number (the order batches are handed out in)
-    index: Any                # sample indices (map-style) / ignored (iterable)
-    slot: int
-    segment: tuple[str, int] | None   # (name, size) of the slot's segment, None when it has none yet
-    seed: int                 # the epoch's augmentation seed (per-sample keys derive from it)
+def numpy_seed(base_seed: int, worker_id: int) -> np.ndarray:
+    """numpy's global seed in a worker: distinct per (base seed, worker), from numpy's own seed mixing."""
+    return np.random.SeedSequence([base_seed % 2**64, worker_id]).generate_state(4)
 
 
-@dataclass
-class Resume:
-    """Start a new epoch on persistent workers (fresh iterator for iterable datasets)."""
-
-
-@dataclass
-class Result:
-    task: int
-    slot: int
-    status: str               # "ok" | "error" | "stop" | "resumed"
-    payload: bytes | Any = None
-    in_arena: bool = False
-    needed: int = 0
-    timings: dict | None = None
-
-
-class GenericBatches:
-    """Any torch Dataset: fetch with torch's own fetcher (``dataset[i]`` / ``next(it)``), then collate."""
-
-    def __init__(self, dataset_kind, dataset, auto_collation: bool, collate_fn: Callable, drop_last: bool):
-        self.args = (dataset_kind, dataset, auto_collation, collate_fn, drop_last)
-        self.fetcher = None
-        self.allocator: ArenaAllocator | None = None
-        if auto_collation and collate_fn is _utils.collate.default_collate:
-            # same result as default_collate, but tensors are stacked straight into the slot
-            fn_map = dict(_utils.collate.default_collate_fn_map)
-            fn_map[torch.Tensor] = self._collate_tensors
-            self.args = (dataset_kind, dataset, auto_collation,
-                         _ArenaCollate(fn_map), drop_last)
-
-    def _collate_tensors(self, batch, *, collate_fn_map=None):
-        elem = batch[0]
-        alloc = self.allocator
-        if (alloc is not None and type(elem) is torch.Tensor and elem.layout == torch.strided
-                and not elem.is_nested):
-            out = alloc.tensor((len(batch), *elem.shape), elem.dtype)
-            if out is not None:
-                return torch.stack(batch, 0, out=out)
-        return _utils.collate.collate_tensor_fn(batch, collate_fn_map=collate_fn_map)
-
-    @property
-    def dataset(self):
-        return self.args[1]
-
-    def start_epoch(self) -> None:
-        from torch.utils.data.dataloader import _DatasetKind
-        self.fetcher = _DatasetKind.create_fetcher(*self.args)
-
-    def build(self, job: Job, seg: Segment | None, timings: dict):
-        t0 = time.perf_counter()
-        self.allocator = ArenaAllocator(seg)
-        try:
-            batch = self.fetcher.fetch(job.index)
-            reserved = self.allocator.cursor
-        finally:
-            self.allocator = None
-        span(timings, "fetch+collate", t0)
-        return batch, reserved
-
-
-class _ArenaCollate:
-    """default_collate with a different tensor rule (picklable, unlike a closure)."""
-
-    def __init__(self, fn_map):
-        self.fn_map = fn_map
-
-    def __call__(self, batch):
-        return _utils.collate.collate(batch, collate_fn_map=self.fn_map)
-
-
-def worker_main(worker_id: int, num_workers: int, batches, job_conn, result_conn, base_seed: int,
-                init_fn: Callable | None, parent_pid: int) -> None:
+def worker_main(worker_id: int, num_workers: int, batches: BatchBuilder, job_conn, result_conn,
+                base_seed: int, init_fn: Callable | None, parent_pid: int) -> None:
     """Entry point of one worker process."""
+    from .torch_worker_info import set_torch_worker_info
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the main process handles Ctrl-C and stops us
     torch.set_num_threads(1)
     seed = base_seed + worker_id
     random.seed(seed)
     torch.manual_seed(seed)
-    np.random.seed(_generate_state(base_seed, worker_id))
-    _utils.worker._worker_info = WorkerInfo(id=worker_id, num_workers=num_workers, seed=seed,
-                                            dataset=batches.dataset)
+    np.random.seed(numpy_seed(base_seed, worker_id))
+    set_torch_worker_info(worker_id, num_workers, seed, batches.dataset)
     where = f"in DataLoader worker process {worker_id}"
     init_error = None
     try:
@@ -121,10 +47,11 @@ def worker_main(worker_id: int, num_workers: int, batches, job_conn, result_conn
             init_fn(worker_id)
         batches.start_epoch()
     except Exception:
-        init_error = _utils.ExceptionWrapper(where=where)
+        init_error = WorkerFailure(where)
 
     segments: dict[int, Segment] = {}
     iteration_end = False
+    epoch = 0
     try:
         while True:
             if not job_conn.poll(POLL_S):
@@ -132,38 +59,24 @@ def worker_main(worker_id: int, num_workers: int, batches, job_conn, result_conn
                     return   # the main process is gone: nobody will read our results
                 continue
             job = job_conn.recv()
-            if job is None:
+            if isinstance(job, Shutdown):
                 return
             if isinstance(job, Resume):
                 iteration_end = False
+                epoch = job.epoch
                 try:
                     batches.start_epoch()
                 except Exception:
-                    init_error = _utils.ExceptionWrapper(where=where)
-                result_conn.send(Result(-1, -1, "resumed"))
+                    init_error = WorkerFailure(where)
+                result_conn.send(Result(-1, -1, Status.RESUMED, epoch=epoch))
                 continue
             if iteration_end:
-                continue
-            n = len(job.index) if hasattr(job.index, "__len__") else 1
-            timings: dict = {"worker": worker_id, "samples": n}
-            if init_error is not None:
-                result = Result(job.task, job.slot, "error", init_error)
-                init_error = None
-            else:
-                try:
-                    seg = _segment(segments, job)
-                    batch, reserved = batches.build(job, seg, timings)
-                    t0 = time.perf_counter()
-                    packed = pack(batch, seg, reserved)
-                    span(timings, "write-to-slot", t0)
-                    del batch
-                    result = Result(job.task, job.slot, "ok", packed.payload, packed.in_arena,
-                                    packed.needed, timings)
-                except StopIteration:
-                    result = Result(job.task, job.slot, "stop", _IterableDatasetStopIteration(worker_id))
-                    iteration_end = True
-                except Exception:
-                    result = Result(job.task, job.slot, "error", _utils.ExceptionWrapper(where=where))
+                continue   # this worker's iterable is exhausted: the main process expects no answer
+            result = _run(job, batches, segments, worker_id, where, init_error)
+            init_error = None
+            if result.status is Status.STOP:
+                iteration_end = True
+            result.epoch = epoch
             result_conn.send(result)
             del result
     except (KeyboardInterrupt, BrokenPipeError, EOFError):
@@ -171,6 +84,26 @@ def worker_main(worker_id: int, num_workers: int, batches, job_conn, result_conn
     finally:
         for s in segments.values():
             s.close()
+
+
+def _run(job: Job, batches: BatchBuilder, segments: dict[int, Segment], worker_id: int, where: str,
+         init_error: WorkerFailure | None) -> Result:
+    if init_error is not None:
+        return Result(job.task, job.slot, Status.ERROR, init_error)
+    n = len(job.index) if hasattr(job.index, "__len__") else 1
+    timings = BatchTimings(worker_id, n)
+    try:
+        seg = _segment(segments, job)
+        batch, reserved = batches.build(job, seg, timings)
+        t0 = time.perf_counter()
+        packed = pack(batch, seg, reserved)
+        span(timings, "write-to-slot", t0)
+        del batch
+        return Result(job.task, job.slot, Status.OK, packed.payload, packed.in_arena, packed.needed, timings)
+    except StopIteration:
+        return Result(job.task, job.slot, Status.STOP)
+    except Exception:
+        return Result(job.task, job.slot, Status.ERROR, WorkerFailure(where))
 
 
 def _segment(cache: dict[int, Segment], job: Job) -> Segment | None:
@@ -182,5 +115,6 @@ def _segment(cache: dict[int, Segment], job: Job) -> Segment | None:
     if seg is None or seg.name != name:
         if seg is not None:
             seg.close()
+            del cache[job.slot]
         seg = cache[job.slot] = Segment.attach(name)
     return seg

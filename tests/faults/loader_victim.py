@@ -22,7 +22,7 @@ def main(pid_file: str) -> None:
     it = iter(loader)
     next(it)
     with open(pid_file, "w") as f:
-        json.dump({"main": __import__("os").getpid(), "workers": it._pool.pids}, f)
+        json.dump({"main": __import__("os").getpid(), "workers": it.worker_pids}, f)
     for _ in it:
         time.sleep(0.05)
 

@@ -53,3 +53,20 @@ def test_generic_batches_degrade_to_pickling_when_shm_fills(small_tmpfs):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "WARNED: True" in out.stdout
+
+
+def test_a_full_shm_names_a_small_slot_in_kib(small_tmpfs):
+    code = textwrap.dedent(f"""
+        import os, fastload
+        from fastload.loader.ring import Segment
+        with open(os.path.join({str(small_tmpfs)!r}, "filler"), "wb") as f:
+            f.write(b"x" * (4 * 2**20 - 8192))     # leave 8 KiB
+        try:
+            Segment.create(98_000, "slot")
+        except fastload.SharedMemoryError as e:
+            print("ERROR:", e)
+    """)
+    env = dict(os.environ, FASTLOAD_SHM_DIR=str(small_tmpfs))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "a ring slot needs 96 KiB" in out.stdout and "0 MiB" not in out.stdout, out.stdout

@@ -18,7 +18,7 @@ TRANSFORMS = {"image": [ops.DecodeRandomResizedCrop(64), ops.RandomHorizontalFli
 
 def _kill_one_worker_after(loader_iter, batches: int):
     got = [next(loader_iter) for _ in range(batches)]
-    victim = loader_iter._pool.procs[1].pid
+    victim = loader_iter.worker_pids[1]
     os.kill(victim, signal.SIGKILL)
     return got, victim
 

@@ -1,0 +1,86 @@
+"""``default_collate``'s result, with plain tensors (and numeric numpy arrays) stacked straight into the
+batch's shared-memory slot instead of a fresh allocation that would then be copied there.
+
+The structure rules (mappings, namedtuples, sequences, their size check) mirror torch's ``default_collate``;
+every other leaf (numbers, strings, sparse or nested tensors, tensor subclasses, unknown types) is handed to
+torch's public ``default_collate`` itself, so its results and errors are torch's.
+"""
+from __future__ import annotations
+
+import collections.abc
+import copy
+
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+
+from .arena import ArenaAllocator
+
+
+def plain_tensor(t) -> bool:
+    """A dense CPU tensor of torch's own class: one that can live as raw bytes in a slot."""
+    return (type(t) is torch.Tensor and not t.is_nested and t.layout == torch.strided
+            and t.device.type == "cpu" and not t.is_quantized and not t.requires_grad)
+
+
+class ArenaCollate:
+    """A picklable collate function; ``allocator`` is set by the worker for each batch it builds."""
+
+    def __init__(self) -> None:
+        self.allocator: ArenaAllocator | None = None
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state) -> None:
+        self.allocator = None
+
+    def __call__(self, batch):
+        return self._collate(batch)
+
+    def _collate(self, batch):
+        elem = batch[0]
+        if isinstance(elem, torch.Tensor):
+            return self._stack(batch) if all(plain_tensor(b) for b in batch) else default_collate(batch)
+        if (type(elem) is np.ndarray and elem.dtype.isbuiltin and elem.dtype.kind in "biufc"
+                and all(type(b) is np.ndarray for b in batch)):
+            return self._stack([torch.as_tensor(b) for b in batch])
+        if isinstance(elem, (str, bytes, np.ndarray, np.generic, int, float)):
+            return default_collate(batch)
+        if isinstance(elem, collections.abc.Mapping):
+            parts = {key: self._collate([d[key] for d in batch]) for key in elem}
+            try:
+                if isinstance(elem, collections.abc.MutableMapping):
+                    clone = copy.copy(elem)
+                    clone.update(parts)
+                    return clone
+                return type(elem)(parts)
+            except TypeError:
+                return parts
+        if isinstance(elem, tuple) and hasattr(elem, "_fields"):
+            return type(elem)(*(self._collate(s) for s in zip(*batch)))
+        if isinstance(elem, collections.abc.Sequence):
+            size = len(elem)
+            if not all(len(e) == size for e in batch):
+                raise RuntimeError("each element in list of batch should be of equal size")
+            columns = [self._collate(s) for s in zip(*batch)]
+            if isinstance(elem, tuple):
+                return columns
+            try:
+                if isinstance(elem, collections.abc.MutableSequence):
+                    clone = copy.copy(elem)
+                    for i, c in enumerate(columns):
+                        clone[i] = c
+                    return clone
+                return type(elem)(columns)
+            except TypeError:
+                return columns
+        return default_collate(batch)   # torch's own error for types it cannot batch
+
+    def _stack(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        elem = batch[0]
+        if self.allocator is not None and all(b.shape == elem.shape and b.dtype == elem.dtype for b in batch):
+            out = self.allocator.tensor((len(batch), *elem.shape), elem.dtype)
+            if out is not None:
+                return torch.stack(batch, 0, out=out)
+        return torch.stack(batch, 0)
