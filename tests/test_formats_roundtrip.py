@@ -5,6 +5,7 @@ import io
 import multiprocessing
 import os
 import pickle
+import shutil
 import zlib
 
 import numpy as np
@@ -264,3 +265,25 @@ def test_lmdb_map_grows_as_needed(tmp_path):
     assert not (tmp_path / "g.lmdb-lock").exists()
     r = LMDBReader(tmp_path / "g.lmdb")
     assert r.bad_records() == [] and bytes(r.get(199, "b")) == bytes([199]) * 20_000
+
+
+def test_lmdb_file_rewritten_in_place_is_read_anew(tmp_path):
+    """A process that opened an LMDB dataset, then sees its file rewritten in place (same inode: a copy over
+    it, or a deleted file whose inode number a new one reuses) reads the new bytes, not the old map's."""
+    schema = Schema({"x": NDArrayField(np.uint8, (None,)), "y": IntField()})
+    for name, n, fill in (("a", 20, 1), ("b", 300, 2)):
+        with DatasetWriter(tmp_path / name, schema, backend="lmdb") as w:
+            for i in range(n):
+                w.write({"x": np.full(50 + i % 7, fill, np.uint8), "y": i * fill})
+    a = open_dataset(tmp_path / "a")
+    assert len(a) == 20 and (a.get(3, "x") == 1).all()
+    data = next(p.name for p in (tmp_path / "a").iterdir() if p.name != "manifest.json")
+    ino = os.stat(tmp_path / "a" / data).st_ino
+    for f in (data, "manifest.json"):
+        shutil.copyfile(tmp_path / "b" / f, tmp_path / "a" / f)     # same inode, other bytes
+    assert os.stat(tmp_path / "a" / data).st_ino == ino
+    b = open_dataset(tmp_path / "a")
+    assert len(b) == 300
+    for i in (0, 3, 150, 299):
+        np.testing.assert_array_equal(b.get(i, "x"), np.full(50 + i % 7, 2, np.uint8))
+        assert b.get(i, "y") == 2 * i

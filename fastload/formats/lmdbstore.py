@@ -48,10 +48,12 @@ class _OpenEnv:
     and every later read in it would fail, although the other records are fine.
     """
 
-    def __init__(self, path: str, readahead: bool, size: int):
+    def __init__(self, path: str, readahead: bool, size: int, stamp: tuple[int, int]):
         self.path = path
         self.size = size
+        self.stamp = stamp      # (size, mtime) of the file when opened: another stamp is another file's bytes
         # map_size: liblmdb maps max(map_size, the pages in use), so the map is the file, not 10 MiB more
+        before = _mappings_of(path)
         self.env = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=readahead,
                              meminit=False, max_readers=1, max_dbs=0, map_size=max(size, 1 << 12))
         try:
@@ -59,7 +61,7 @@ class _OpenEnv:
         except BaseException:
             self.env.close()
             raise
-        start, end = _map_range(path)
+        start, end = _map_range(path, before)
         self.guard = MappingGuard(start or 0, (end or 0) - (start or 0))
         # where the file's bytes are in the map (unknown: every address passes)
         self.file_start, self.file_end = (start, start + size) if start is not None else (0, 1 << 64)
@@ -77,8 +79,9 @@ class _OpenEnv:
         return self.file_start <= addr and addr + len(value) <= self.file_end
 
 
-def _map_range(path: str) -> tuple[int | None, int | None]:
-    """Start and end address of this process's mapping of ``path`` (Linux /proc/self/maps), else None."""
+def _mappings_of(path: str) -> set[tuple[int, int]]:
+    """Address ranges of this process's mappings of ``path`` from its start (Linux /proc/self/maps)."""
+    found = set()
     try:
         st = os.stat(path)
         with open("/proc/self/maps", "rb") as f:
@@ -88,9 +91,19 @@ def _map_range(path: str) -> tuple[int | None, int | None]:
                     dev = parts[3].split(b":")
                     if os.makedev(int(dev[0], 16), int(dev[1], 16)) == st.st_dev:
                         lo, hi = parts[0].split(b"-")
-                        return int(lo, 16), int(hi, 16)
+                        found.add((int(lo, 16), int(hi, 16)))
     except (OSError, ValueError, IndexError):
         pass
+    return found
+
+
+def _map_range(path: str, before: set[tuple[int, int]]) -> tuple[int | None, int | None]:
+    """Start and end address of the mapping of ``path`` made since ``before`` was taken, else None: an
+    environment of a deleted file whose inode number the new file reuses is still mapped (environments stay
+    open), so matching the inode alone could pick the old map."""
+    new = _mappings_of(path) - before
+    if len(new) == 1:
+        return new.pop()
     return None, None
 
 
@@ -143,15 +156,23 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _acquire_env(path: str, readahead: bool, st: os.stat_result) -> _OpenEnv:
-    key = (st.st_dev, st.st_ino)      # a replaced file is a new environment
+    key = (st.st_dev, st.st_ino)      # what py-lmdb refuses to open twice
     with _ENVS_LOCK:
         e = _ENVS.get(key)
+        if e is not None and e.stamp != (st.st_size, st.st_mtime_ns):
+            # the file was rewritten, or deleted and its inode number reused by a new file: the cached map is
+            # of other bytes. py-lmdb opens a (device, inode) once, so the old environment is closed first
+            # (views of the old file's records, which is gone, must not be used after this)
+            del _ENVS[key]
+            e.env.close()
+            e.guard.release()
+            e = None
         if e is None:
             old = _INHERITED.pop(key, None)
             if old is not None:
                 old.env.close()
                 old.guard.release()
-            e = _ENVS[key] = _OpenEnv(path, readahead, st.st_size)
+            e = _ENVS[key] = _OpenEnv(path, readahead, st.st_size, (st.st_size, st.st_mtime_ns))
         return e
 
 
