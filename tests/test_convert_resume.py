@@ -28,11 +28,11 @@ def _start(tmp_path, photo_folder, dst, seconds, *extra):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
-def _wait_for_shards(proc, tmp_path, name, count):
+def _wait_for_shards(proc, tmp_path, name, count, pattern="shard-*.fls"):
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         tmps = list(tmp_path.glob(f"{name}.tmp-*"))
-        if tmps and len(list(tmps[0].glob("shard-*.fls"))) >= count:
+        if tmps and len(list(tmps[0].glob(pattern))) >= count:
             return tmps[0]
         assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.02)
@@ -45,7 +45,8 @@ def test_killed_conversion_resumes_from_verified_units(tmp_path, photo_folder):
                            shard_size="200KB", progress=False)
     proc = _start(tmp_path, photo_folder, tmp_path / "ds", 0.15)
     try:
-        staging = _wait_for_shards(proc, tmp_path, "ds", 3)
+        # a unit is finished once its sidecar is written (after its shard): wait for three of those
+        staging = _wait_for_shards(proc, tmp_path, "ds", 3, "shard-*.fls.unit.json")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
