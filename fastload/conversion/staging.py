@@ -17,18 +17,11 @@ from fastload.conversion.plan import WorkUnit
 from fastload.conversion.units import SIDECAR, UnitResult, read_sidecar
 from fastload.formats.dataset_writer import TEMP_RE, temp_path
 from fastload.formats.lmdbstore import file_sha256
+from fastload.formats.dataset_writer import fsync_dir
 from fastload.formats.manifest import MANIFEST, Manifest, write_manifest
 from fastload.liveness import pid_alive
 
 PLAN_FILE = ".fastload-plan"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Staging:

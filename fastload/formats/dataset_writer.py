@@ -47,7 +47,8 @@ def clean_stale(dst: Path) -> list[Path]:
     return removed
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename into it, a new file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -133,7 +134,7 @@ class DatasetWriter:
         manifest = Manifest(self.backend, self.schema, self._done, self.skipped, dict(info or {}))
         write_manifest(self.tmp, manifest, fsync=self.fsync)
         if self.fsync:
-            _fsync_dir(self.tmp)
+            fsync_dir(self.tmp)
         old = None
         if self.dst.exists():
             if not self.overwrite:
@@ -142,7 +143,7 @@ class DatasetWriter:
             os.rename(self.dst, old)
         os.rename(self.tmp, self.dst)
         if self.fsync:
-            _fsync_dir(self.dst.parent)
+            fsync_dir(self.dst.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
         self._finished = True
