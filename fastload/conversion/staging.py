@@ -17,7 +17,7 @@ from fastload.conversion.plan import WorkUnit
 from fastload.conversion.units import SIDECAR, UnitResult, read_sidecar
 from fastload.formats.dataset_writer import TEMP_RE, temp_path
 from fastload.formats.lmdbstore import file_sha256
-from fastload.formats.dataset_writer import fsync_dir
+from fastload.formats.dataset_writer import publish_dir
 from fastload.formats.manifest import MANIFEST, Manifest, write_manifest
 from fastload.liveness import pid_alive
 
@@ -94,17 +94,7 @@ class Staging:
             if p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
         write_manifest(self.path, manifest, fsync=True)
-        fsync_dir(self.path)
-        old = None
-        if self.dst.exists():
-            if not self.overwrite:
-                raise FileExistsError(f"{self.dst} appeared while converting; not replacing it")
-            old = self.dst.with_name(f"{self.dst.name}.old-{os.getpid()}")
-            os.rename(self.dst, old)
-        os.rename(self.path, self.dst)
-        fsync_dir(self.dst.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        publish_dir(self.path, self.dst, self.overwrite)
         self._finished = True
 
     def abort(self) -> None:
@@ -125,4 +115,4 @@ def no_space(path: Path, needed: int) -> OSError | None:
     return None
 
 
-__all__ = ["MANIFEST", "PLAN_FILE", "SIDECAR", "Staging", "fsync_dir", "no_space"]
+__all__ = ["MANIFEST", "PLAN_FILE", "SIDECAR", "Staging", "no_space"]

@@ -56,6 +56,24 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def publish_dir(tmp: Path, dst: Path, overwrite: bool, fsync: bool = True) -> None:
+    """Rename the finished dataset directory ``tmp`` (its manifest written) to ``dst``, replacing an existing
+    ``dst`` only when ``overwrite``: moved aside first, removed after, so readers see the old or the new one."""
+    if fsync:
+        fsync_dir(tmp)
+    old = None
+    if dst.exists():
+        if not overwrite:
+            raise FileExistsError(f"{dst} appeared while converting; not replacing it")
+        old = dst.with_name(f"{dst.name}.old-{os.getpid()}")
+        os.rename(dst, old)
+    os.rename(tmp, dst)
+    if fsync:
+        fsync_dir(dst.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
 class DatasetWriter:
     """Write samples of ``schema`` into a new dataset directory ``dst`` (backend "shards" or "lmdb")."""
 
@@ -133,19 +151,7 @@ class DatasetWriter:
             self._finish_file()
         manifest = Manifest(self.backend, self.schema, self._done, self.skipped, dict(info or {}))
         write_manifest(self.tmp, manifest, fsync=self.fsync)
-        if self.fsync:
-            fsync_dir(self.tmp)
-        old = None
-        if self.dst.exists():
-            if not self.overwrite:
-                raise FileExistsError(f"{self.dst} appeared while converting; not replacing it")
-            old = self.dst.with_name(f"{self.dst.name}.old-{os.getpid()}")
-            os.rename(self.dst, old)
-        os.rename(self.tmp, self.dst)
-        if self.fsync:
-            fsync_dir(self.dst.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        publish_dir(self.tmp, self.dst, self.overwrite, fsync=self.fsync)
         self._finished = True
         return manifest
 
