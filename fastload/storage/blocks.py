@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_BLOCK_BYTES = 8 << 20
+PAGE = 4096                         # the unit the cache's sparse files allocate and punch
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,13 @@ class BlockTable:
     @property
     def nbytes(self) -> np.ndarray:
         return self.end - self.start
+
+    @property
+    def disk_bytes(self) -> np.ndarray:
+        """The most each block can add to disk once written into a sparse file: every page its bytes touch,
+        plus one page of file-system metadata (an extent-tree block); what a fetch reserves in the cache."""
+        first_page, end_page = self.start // PAGE, -(-self.end // PAGE)
+        return (end_page - first_page + 1) * PAGE
 
     def block_of(self, index: int) -> int:
         """The block holding global record ``index``."""

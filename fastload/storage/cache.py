@@ -33,9 +33,8 @@ import numpy as np
 
 from fastload.errors import CorruptRecordError, StorageError
 from fastload.liveness import pid_alive
-from fastload.storage.blocks import BlockTable
+from fastload.storage.blocks import PAGE, BlockTable
 
-PAGE = 4096
 _FALLOC_PUNCH = 0x01 | 0x02        # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 _libc = ctypes.CDLL(None, use_errno=True)   # the C library already loaded (find_library would run gcc)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
@@ -343,7 +342,7 @@ class BlockCache:
         k, start, end = int(t.shard[b]), int(t.start[b]), int(t.end[b])
         url = self.urls[k]
         deadline = time.monotonic() + self.policy.deadline
-        r = self.root.reserve(end - start, self.key, next_use, deadline, url, demand)
+        r = self.root.reserve(int(t.disk_bytes[b]), self.key, next_use, deadline, url, demand)
         if r is None:
             return None
         try:

@@ -47,7 +47,7 @@ def peak_in_use_bytes(table: BlockTable, sequence: np.ndarray, behind: int) -> i
     if not len(sequence):
         return 0
     blocks, first, last = _plan(table, sequence)
-    size = table.nbytes[blocks]
+    size = table.disk_bytes[blocks]   # what they take on disk, page-rounded
     ev_pos = np.concatenate([first, last + behind + 1])
     ev_val = np.concatenate([size, -size])
     order = np.lexsort((ev_val, ev_pos))     # at equal positions, releases before acquisitions

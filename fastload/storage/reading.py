@@ -69,7 +69,7 @@ def read_ahead_for(reader: DatasetReader, table: BlockTable, sequence: np.ndarra
         ends = table.end[table.shard == k]
         meta += os.stat(cache.dir / f).st_size - (int(ends.max()) if len(ends) else 0) + 2 * 4096
     peak = peak_in_use_bytes(table, sequence, behind + step)
-    biggest = int(table.nbytes.max()) if len(table) else 0
+    biggest = int(table.disk_bytes.max()) if len(table) else 0
     need = meta + peak + biggest * concurrency
     if need > root.limit:
         raise FastloadError(
