@@ -17,7 +17,7 @@ from ..ops.timing import StageTimes
 from .builder import BatchBuilder
 from .messages import BatchTimings, Job
 from .ring import Segment
-from .stats import span
+from .stats import SHARD_BATCH, span
 
 _ALIGN = 64
 
@@ -122,7 +122,7 @@ class ShardBatches(BatchBuilder):
                 idx_arr = np.asarray(used, dtype=np.int64)
                 for k in views.keys() - per_sample.keys():
                     self.dataset.reader.gather(k, idx_arr, views[k])
-        span(timings, "read+decode+augment", t0)
+        span(timings, SHARD_BATCH, t0)
         timings.spans.extend(times.laid_out(t0))
         timings.stage_cpu = dict(times.cpu_seconds)
         out = []
