@@ -79,12 +79,49 @@ def run_cell(loader_name: str, dataset: str, workers: int, epochs: int) -> dict:
         for _ in it:
             pass
         rates = []
+        cpu = CpuMeter()
+        batches = 0
         for _ in range(epochs):
             t0 = time.perf_counter()
             n = sum(1 for _ in loader)
             rates.append(n / (time.perf_counter() - t0))
+            batches += n
+        tree_s, other_cores = cpu.stop()
     return {"batches_per_s": statistics.median(rates), "epoch_rates": rates, "first_batch_s": ttfb,
-            "peak_tree_rss_bytes": mem.peak}
+            "peak_tree_rss_bytes": mem.peak, "cpu_ms_per_batch": tree_s / batches * 1e3,
+            "other_cores_busy": other_cores}
+
+
+class CpuMeter:
+    """CPU seconds of this process and its workers over a window, and the cores other processes kept busy
+    meanwhile: CPU per batch is what a loader costs, and it moves far less than batches/s on a busy machine."""
+
+    def __init__(self):
+        import psutil
+        self.me = psutil.Process()
+        self.t0, self.tree0, self.sys0 = time.perf_counter(), self._tree(), self._busy()
+
+    def _tree(self) -> float:
+        import psutil
+        total = 0.0
+        for p in [self.me] + self.me.children(recursive=True):
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    @staticmethod
+    def _busy() -> float:
+        import psutil
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    def stop(self) -> tuple[float, float]:
+        wall = time.perf_counter() - self.t0
+        tree = self._tree() - self.tree0
+        return tree, max(0.0, (self._busy() - self.sys0 - tree) / wall)
 
 
 def main() -> None:
@@ -115,6 +152,8 @@ def main() -> None:
                     "batches_per_s": statistics.median(x["batches_per_s"] for x in runs[name]),
                     "first_batch_s": statistics.median(x["first_batch_s"] for x in runs[name]),
                     "peak_tree_rss_mib": max(x["peak_tree_rss_bytes"] for x in runs[name]) / 2**20,
+                    "cpu_ms_per_batch": statistics.median(x["cpu_ms_per_batch"] for x in runs[name]),
+                    "other_cores_busy": statistics.median(x["other_cores_busy"] for x in runs[name]),
                     "runs": runs[name]}
             cell["ratio"] = cell["fastload"]["batches_per_s"] / cell["torch"]["batches_per_s"]
             results.append(cell)
@@ -125,17 +164,23 @@ def main() -> None:
     cmd = "python benchmarks/bench_generic.py " + " ".join(sys.argv[1:])
     doc = {"command": cmd, "machine": machine_info(), "epochs": a.epochs, "rounds": a.rounds, "results": results}
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
-    lines = ["| dataset | batch | workers | torch batches/s | fastload batches/s | ratio | peak RSS torch / fastload (MiB) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| dataset | batch | workers | torch batches/s | fastload batches/s | ratio | CPU ms per batch torch / "
+             "fastload | other processes' cores busy | peak RSS torch / fastload (MiB) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in results:
-        lines.append(f"| {c['dataset']} | {c['batch_size']} | {c['num_workers']} | {c['torch']['batches_per_s']:.1f} | "
-                     f"{c['fastload']['batches_per_s']:.1f} | **{c['ratio']:.2f}x** | "
-                     f"{c['torch']['peak_tree_rss_mib']:.0f} / {c['fastload']['peak_tree_rss_mib']:.0f} |")
+        t, f = c["torch"], c["fastload"]
+        lines.append(f"| {c['dataset']} | {c['batch_size']} | {c['num_workers']} | {t['batches_per_s']:.1f} | "
+                     f"{f['batches_per_s']:.1f} | **{c['ratio']:.2f}x** | {t['cpu_ms_per_batch']:.2f} / "
+                     f"{f['cpu_ms_per_batch']:.2f} | {max(t['other_cores_busy'], f['other_cores_busy']):.2f} | "
+                     f"{t['peak_tree_rss_mib']:.0f} / {f['peak_tree_rss_mib']:.0f} |")
     m = doc["machine"]
     md = (f"# Drop-in DataLoader vs torch.utils.data.DataLoader\n\nMachine: {m['cpu']}, {m['cores']} cores, Python "
           f"{m['python']}, torch {m['versions'].get('torch')}; commit {m['commit']}.\nCommand: `{cmd}`\n\n"
           f"Median batches/s over {a.epochs} epochs after a warm-up epoch, median of {a.rounds} alternating runs; "
-          f"persistent workers; shuffle on.\n\n" + "\n".join(lines) + "\n")
+          f"persistent workers; shuffle on. CPU ms per batch: the loader's process and its workers over the "
+          f"measured epochs (median of runs); other processes' cores busy: the most either loader's runs saw "
+          f"(the machine is shared: a high figure means the batches/s of that row are low for both).\n\n"
+          + "\n".join(lines) + "\n")
     out.with_suffix(".md").write_text(md)
     print(md)
 
