@@ -350,3 +350,33 @@ def test_two_jobs_share_a_cache_and_ctrl_c_leaves_it_consistent(local_ds, server
         assert sorted(json.loads((tmp_path / f"j{seed}.json").read_text())) == want
     assert _check_present_blocks(cache, local_ds) > 0
     assert disk_usage(cache) <= int(total * 0.9)
+
+
+def test_profile_cli_on_a_url_reports_storage_order_and_read_ahead(local_ds, servers, http_url, tmp_path, capsys):
+    import argparse
+    import json
+    from fastload.profiling.cli import add_parser
+    parser = argparse.ArgumentParser(prog="fastload")
+    add_parser(parser.add_subparsers(dest="command"))
+    servers.range_stats(reset=True)
+    args = parser.parse_args(["profile", f"{http_url}/ds", "--cache-dir", str(tmp_path / "cache"), "--json",
+                              "--out", str(tmp_path / "p"), "--size", "32", "--batch-size", "8", "--workers", "0,1",
+                              "--prefetch", "2", "--seconds", "0.3", "--steps", "4", "--no-plot", "-q"])
+    assert args.func(args) == 0
+    rep = json.loads(capsys.readouterr().out)
+    data = sum(p.stat().st_size for p in local_ds.glob("*.fls"))
+    assert rep["target"]["url"] == f"{http_url}/ds" and rep["target"]["records"] == len(fastload.ShardDataset(local_ds))
+    remote = rep["storage"]["remote"]
+    assert remote["one_stream"]["mb_s"] > 0 and remote["parallel"]["gets"] >= 1 and remote["bytes"] <= data
+    q = rep["order"]["order"]
+    assert q["kind"] == "block" and q["blocks"] >= 2 and q["samples"] > 0
+    assert q["effective_window"] == pytest.approx(q["window_blocks"] * q["mean_block_samples"])
+    assert 0 < q["neighbour_ratio"] < 3 and 0 <= q["same_block"] <= 1
+    runs = rep["order"]["read_ahead"]
+    assert [r["run"] for r in runs][:2] == ["workers=0 prefetch=None", "workers=1 prefetch=2"]
+    assert all(r["blocks_needed"] >= 1 and 0 <= r["blocks_fetched"] <= r["blocks_needed"] for r in runs)
+    # every block came over the network at most once for the loaders (the probe's own GETs are not cached)
+    assert sum(r["bytes_fetched"] for r in runs) <= data
+    text = (tmp_path / "p" / "report.txt").read_text()
+    assert "ORDER    block order:" in text and "neighbour_ratio" in text and "read-ahead, per run" in text
+    assert "GETs in flight" in text and f"{http_url}/ds" in text
