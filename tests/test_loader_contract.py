@@ -218,3 +218,35 @@ def test_get_worker_info_works_in_workers_for_user_datasets():
     got = torch.cat(list(fastload.DataLoader(Info(), batch_size=2, num_workers=3)))
     assert set(got[:, 0].tolist()) == {0, 1, 2} and set(got[:, 1].tolist()) == {3}
     assert got[:, 3].all()
+
+
+class Slow(tud.Dataset):
+    def __init__(self, n: int, delay: float):
+        self.n, self.delay = n, delay
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if self.delay:
+            import time
+            time.sleep(self.delay)
+        return torch.tensor([i])
+
+
+@pytest.mark.parametrize("slow", ["consumer", "dataset"])
+def test_workers_record_how_long_they_wait_for_a_free_slot(slow):
+    import time
+    from fastload.loader.stats import FETCH_COLLATE, WAIT_FOR_BATCH, WAIT_FOR_SLOT
+    ds = Slow(48, 0.0 if slow == "consumer" else 0.02)
+    loader = fastload.DataLoader(ds, batch_size=4, num_workers=2, prefetch_factor=1)
+    for _ in loader:
+        if slow == "consumer":
+            time.sleep(0.1)            # a training step slower than the loader: the ring stays full
+    s = loader.stats.seconds
+    if slow == "consumer":
+        # 12 steps of 0.1 s: each of the 2 workers sat idle for most of them, the main process barely waited
+        assert s[WAIT_FOR_SLOT] > 1.0 and s[WAIT_FOR_SLOT] > 5 * s[WAIT_FOR_BATCH]
+    else:
+        # 12 batches of 4 x 20 ms: the workers were the slower side, the consumer waited for them
+        assert s[WAIT_FOR_SLOT] < 0.5 * s[FETCH_COLLATE] and s[WAIT_FOR_BATCH] > 0.3

@@ -172,3 +172,14 @@ def test_untransformed_arrays_are_gathered_in_one_copy_across_shards(tmp_path, b
     xs, ys = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     assert sorted(ys.tolist()) == list(range(300))
     assert np.array_equal(xs.numpy(), x[ys.numpy()])
+
+
+def test_sample_streams_are_philox_keyed_by_epoch_seed_and_index():
+    from fastload.loader.shard_batches import SampleRng
+    streams = SampleRng()
+    for seed, index in [(0, 0), (5, 7), (2**64 + 3, 7), (5, 8), (5, 7)]:
+        fresh = np.random.Generator(np.random.Philox(key=np.array([seed % 2**64, index], dtype=np.uint64)))
+        g = streams(seed, index)
+        assert g.uniform(size=3).tolist() == fresh.uniform(size=3).tolist()
+        assert g.integers(0, 1000, 5).tolist() == fresh.integers(0, 1000, 5).tolist()
+        assert g.random() == fresh.random()      # the half-used buffer of a previous key never leaks

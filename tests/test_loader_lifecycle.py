@@ -317,6 +317,52 @@ def test_tensors_the_arena_cannot_view_travel_through_torchs_pickling(num_worker
     assert torch.equal(got[5], torch.arange(5))
 
 
+class MixedPairs(tud.Dataset):
+    """Batches of two whose first sample is a plain tensor and whose second is not like it."""
+    SECOND = ("other-shape", "sparse", "grad", "int64", "quantized", "plain")
+
+    def __len__(self):
+        return 2 * len(self.SECOND)
+
+    def __getitem__(self, i):
+        if i % 2 == 0:
+            return torch.arange(4.0)
+        kind = self.SECOND[i // 2]
+        if kind == "other-shape":
+            return torch.arange(5.0)
+        if kind == "sparse":
+            return torch.arange(4.0).to_sparse()
+        if kind == "grad":
+            return torch.ones(4, requires_grad=True)
+        if kind == "int64":
+            return torch.arange(4)
+        if kind == "quantized":
+            return torch.quantize_per_tensor(torch.arange(4.0), 0.5, 0, torch.quint8)
+        return torch.ones(4)
+
+
+def _outcome(loader_cls, batch_index):
+    sampler = [[2 * batch_index, 2 * batch_index + 1]]
+    try:
+        (b,) = list(loader_cls(MixedPairs(), batch_sampler=sampler, num_workers=2))
+        return "ok", b.dtype, b.tolist()
+    except Exception as e:
+        return "error", str(e).splitlines()[0][:60]
+
+
+@pytest.mark.parametrize("kind", MixedPairs.SECOND)
+def test_stacking_into_the_slot_gives_torchs_result_or_error_when_later_samples_differ(kind):
+    # only the first sample is checked before the stack into the slot; what torch.stack refuses goes
+    # through default_collate, so the outcome is the one torch's own workers give
+    i = MixedPairs.SECOND.index(kind)
+    ours, theirs = _outcome(fastload.DataLoader, i), _outcome(tud.DataLoader, i)
+    assert ours[0] == theirs[0], (ours, theirs)
+    if ours[0] == "ok":
+        assert ours == theirs
+    else:
+        assert theirs[1].split(":")[0] in ours[1] or ours[1].split(":")[0] in theirs[1], (ours, theirs)
+
+
 def test_nested_tensors_in_a_custom_collate_reach_the_main_process():
     got = list(fastload.DataLoader(Exotic(), batch_size=2, num_workers=2, collate_fn=list))
     assert len(got) == 3 and got[0][0].is_nested and got[1][0].is_quantized

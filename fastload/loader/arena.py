@@ -146,6 +146,7 @@ class ArenaAllocator:
     def __init__(self, seg: Segment | None):
         self.seg = seg
         self.cursor = 0
+        self._before_last = 0
 
     def tensor(self, shape, dtype: torch.dtype) -> torch.Tensor | None:
         """An uninitialised tensor in the slot, or None when it does not fit (the caller allocates)."""
@@ -158,5 +159,9 @@ class ArenaAllocator:
         off = align_up(self.cursor, _ALIGN)
         if nbytes == 0 or off + nbytes > self.seg.size:
             return None
-        self.cursor = off + nbytes
+        self._before_last, self.cursor = self.cursor, off + nbytes
         return torch.frombuffer(self.seg.mm, dtype=torch.uint8, count=nbytes, offset=off).view(dtype).view(shape)
+
+    def release_last(self) -> None:
+        """Give back the bytes of the last tensor handed out (stacking into it failed)."""
+        self.cursor = self._before_last

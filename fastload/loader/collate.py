@@ -41,7 +41,9 @@ class ArenaCollate:
     def _collate(self, batch):
         elem = batch[0]
         if isinstance(elem, torch.Tensor):
-            return self._stack(batch) if all(plain_tensor(b) for b in batch) else default_collate(batch)
+            if plain_tensor(elem) and all(type(b) is torch.Tensor for b in batch):
+                return self._stack(batch)
+            return default_collate(batch)
         if (type(elem) is np.ndarray and elem.dtype.isbuiltin and elem.dtype.kind in "biufc"
                 and all(type(b) is np.ndarray for b in batch)):
             return self._stack([torch.as_tensor(b) for b in batch])
@@ -78,9 +80,17 @@ class ArenaCollate:
         return default_collate(batch)   # torch's own error for types it cannot batch
 
     def _stack(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        """Stack into the slot as torch's collate stacks into shared memory in a worker: ``out=`` a tensor of
+        the first sample's dtype. Per-sample checks would cost more than the stack for small samples, so
+        whatever ``torch.stack`` refuses (other shapes, sparse, quantized or grad-requiring samples after the
+        first) goes to ``default_collate``, whose result or error is torch's own."""
         elem = batch[0]
-        if self.allocator is not None and all(b.shape == elem.shape and b.dtype == elem.dtype for b in batch):
-            out = self.allocator.tensor((len(batch), *elem.shape), elem.dtype)
-            if out is not None:
-                return torch.stack(batch, 0, out=out)
-        return torch.stack(batch, 0)
+        alloc = self.allocator
+        out = None if alloc is None else alloc.tensor((len(batch), *elem.shape), elem.dtype)
+        if out is None:
+            return default_collate(batch)
+        try:
+            return torch.stack(batch, 0, out=out)
+        except (RuntimeError, NotImplementedError, TypeError):
+            alloc.release_last()
+            return default_collate(batch)

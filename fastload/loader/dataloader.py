@@ -14,7 +14,7 @@ from .block_order import block_order_for
 from .iterator import InProcessIter, RingLoaderIter
 from .order import BlockShuffleSampler, DistributedOrder
 from .shard_batches import ShardBatches
-from .stats import LoaderStats
+from .stats import TRANSFER, LoaderStats
 from .transfer import DeviceTransfer, Pending, register_pinned
 
 T_co = TypeVar("T_co", covariant=True)
@@ -278,7 +278,7 @@ class DeviceIter:
             return None
         t0 = time.perf_counter()
         pending = self.transfer.start(host)
-        self.stats.add_main("transfer", t0, time.perf_counter() - t0)
+        self.stats.add_main(TRANSFER, t0, time.perf_counter() - t0)
         return pending
 
     def __next__(self):

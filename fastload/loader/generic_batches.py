@@ -12,7 +12,7 @@ from .builder import BatchBuilder
 from .collate import ArenaCollate
 from .messages import BatchTimings, Job
 from .ring import Segment
-from .stats import span
+from .stats import FETCH_COLLATE, span
 
 
 class GenericBatches(BatchBuilder):
@@ -70,12 +70,12 @@ class GenericBatches(BatchBuilder):
         t0 = time.perf_counter()
         if self.arena_collate is None:
             batch = self.fetch(job.index)
-            span(timings, "fetch+collate", t0)
+            span(timings, FETCH_COLLATE, t0)
             return batch, 0
         self.arena_collate.allocator = alloc = ArenaAllocator(seg)
         try:
             batch = self.fetch(job.index)
         finally:
             self.arena_collate.allocator = None
-        span(timings, "fetch+collate", t0)
+        span(timings, FETCH_COLLATE, t0)
         return batch, alloc.cursor

@@ -26,7 +26,7 @@ from .generic_batches import GenericBatches
 from .messages import BatchTimings, Job, Result, Resume, Status
 from .pool import WorkerDied, WorkerExit, WorkerPool
 from .slots import SlotLedger
-from .stats import MAIN
+from .stats import MAIN, WAIT_FOR_BATCH
 from .transfer import pin_batch
 
 MAX_REISSUES = 2   # a batch that kills a worker three times has a sample that crashes the process
@@ -348,7 +348,7 @@ class RingLoaderIter(EpochIter):
                 self._restart_worker(e)
             return None
         finally:
-            self._stats.add_main("wait-for-batch", t0, time.perf_counter() - t0)
+            self._stats.add_main(WAIT_FOR_BATCH, t0, time.perf_counter() - t0)
         if got is None:
             self.close()
             raise RuntimeError(f"DataLoader timed out after {self._timeout} seconds")

@@ -3,8 +3,10 @@ themselves; the main process adds its own waits; the profiler only reads and sum
 
 Stage names: ``fetch+collate`` (generic datasets: ``dataset[i]`` and the collate function, in a worker),
 ``read+decode+augment`` (ShardDataset: the fused per-sample pipeline, in a worker), ``write-to-slot`` (the
-batch's arrays into the shared-memory slot, in a worker), ``wait-for-batch`` (the main process waiting for a
-worker: the consumer's wait), ``transfer`` (starting the copy to the device, in the main process).
+batch's arrays into the shared-memory slot, in a worker), ``wait-for-slot`` (a worker idle between handing
+in a batch and getting its next job: no free slot, the consumer holds them), ``wait-for-batch`` (the main
+process waiting for a worker: the consumer's wait), ``transfer`` (starting the copy to the device, in the
+main process).
 """
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ from dataclasses import dataclass
 from .messages import BatchTimings
 
 MAIN = -1   # the worker id of spans recorded in the main process
+
+FETCH_COLLATE, SHARD_BATCH = "fetch+collate", "read+decode+augment"
+WRITE_TO_SLOT, WAIT_FOR_SLOT = "write-to-slot", "wait-for-slot"
+WAIT_FOR_BATCH, TRANSFER = "wait-for-batch", "transfer"
 
 
 def span(timings: BatchTimings, stage: str, t0: float) -> float:

@@ -19,7 +19,7 @@ from .arena import pack
 from .builder import BatchBuilder
 from .messages import BatchTimings, Job, Result, Resume, Shutdown, Status, WorkerFailure
 from .ring import Segment
-from .stats import span
+from .stats import WAIT_FOR_SLOT, WRITE_TO_SLOT, span
 
 POLL_S = 1.0
 
@@ -52,6 +52,7 @@ def worker_main(worker_id: int, num_workers: int, batches: BatchBuilder, job_con
     segments: dict[int, Segment] = {}
     iteration_end = False
     epoch = 0
+    idle_since: float | None = None   # when this worker last handed in a batch (None: a new epoch)
     try:
         while True:
             if not job_conn.poll(POLL_S):
@@ -64,6 +65,7 @@ def worker_main(worker_id: int, num_workers: int, batches: BatchBuilder, job_con
             if isinstance(job, Resume):
                 iteration_end = False
                 epoch = job.epoch
+                idle_since = None
                 try:
                     batches.start_epoch()
                 except Exception:
@@ -72,12 +74,13 @@ def worker_main(worker_id: int, num_workers: int, batches: BatchBuilder, job_con
                 continue
             if iteration_end:
                 continue   # this worker's iterable is exhausted: the main process expects no answer
-            result = _run(job, batches, segments, worker_id, where, init_error)
+            result = _run(job, batches, segments, worker_id, where, init_error, idle_since)
             init_error = None
             if result.status is Status.STOP:
                 iteration_end = True
             result.epoch = epoch
             result_conn.send(result)
+            idle_since = time.perf_counter()
             del result
     except (KeyboardInterrupt, BrokenPipeError, EOFError):
         pass
@@ -87,17 +90,21 @@ def worker_main(worker_id: int, num_workers: int, batches: BatchBuilder, job_con
 
 
 def _run(job: Job, batches: BatchBuilder, segments: dict[int, Segment], worker_id: int, where: str,
-         init_error: WorkerFailure | None) -> Result:
+         init_error: WorkerFailure | None, idle_since: float | None) -> Result:
     if init_error is not None:
         return Result(job.task, job.slot, Status.ERROR, init_error)
     n = len(job.index) if hasattr(job.index, "__len__") else 1
     timings = BatchTimings(worker_id, n)
+    if idle_since is not None:
+        # from handing in its last batch to getting this job: the ring had no free slot for it (the
+        # consumer held them all), or the main process was slow to hand out work
+        span(timings, WAIT_FOR_SLOT, idle_since)
     try:
         seg = _segment(segments, job)
         batch, reserved = batches.build(job, seg, timings)
         t0 = time.perf_counter()
         packed = pack(batch, seg, reserved)
-        span(timings, "write-to-slot", t0)
+        span(timings, WRITE_TO_SLOT, t0)
         del batch
         return Result(job.task, job.slot, Status.OK, packed.payload, packed.in_arena, packed.needed, timings)
     except StopIteration:

@@ -10,15 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from fastload.loader.stats import (FETCH_COLLATE, SHARD_BATCH, TRANSFER, WAIT_FOR_BATCH, WAIT_FOR_SLOT,
+                                   WRITE_TO_SLOT)
 from fastload.ops.timing import AUGMENT, CALLABLES, DECODE, READ
 
 # the per-sample stages, summed per batch (fastload.ops.timing), in pipeline order
 SAMPLE_STAGES = (READ, DECODE, AUGMENT, CALLABLES)
 # a worker's whole batch: the fast path's, the generic path's (dataset[i] + collate_fn)
-BATCH_STAGES = ("read+decode+augment", "fetch+collate")
-WRITE = "write-to-slot"              # the generic path's copy of a collated batch into its slot
-CONSUMER_WAIT = "wait-for-batch"     # the main process waiting for the next batch
-TRANSFER = "transfer"                # the main process starting a batch's copy to the device
+BATCH_STAGES = (SHARD_BATCH, FETCH_COLLATE)
+WRITE = WRITE_TO_SLOT                # the generic path's copy of a collated batch into its slot
+WORKER_IDLE = WAIT_FOR_SLOT          # a worker waiting for its next job: no free slot (the consumer is slow)
+CONSUMER_WAIT = WAIT_FOR_BATCH       # the main process waiting for the next batch
 MAIN_STAGES = (CONSUMER_WAIT, TRANSFER)
 
 
@@ -41,6 +43,11 @@ class LoaderTimes:
     def worker_busy_seconds(self) -> float:
         """Seconds the workers spent building batches (the whole-batch stages and the slot writes)."""
         return sum(self.seconds.get(s, 0.0) for s in (*BATCH_STAGES, WRITE))
+
+    def worker_idle_seconds(self) -> float:
+        """Seconds workers waited for a job after handing in a batch (the ring was full: the consumer is
+        the slower side)."""
+        return self.seconds.get(WORKER_IDLE, 0.0)
 
     def batch_seconds(self) -> float:
         """Seconds of the whole-batch stages (what the per-sample stages are part of)."""

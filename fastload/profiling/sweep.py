@@ -119,6 +119,8 @@ def run_loader(loader: Iterable, seconds: float, min_batches: int = 3, max_secon
         out["_spans"] = lt.spans
         if workers and lt.samples:
             out["workers_busy"] = round(lt.worker_busy_seconds() / (workers * max(t_end - t0, 1e-9)), 3)
+            # the share of worker time spent waiting for a free slot: >0 means the consumer was slower
+            out["workers_waiting_for_slot"] = round(lt.worker_idle_seconds() / (workers * max(t_end - t0, 1e-9)), 3)
     return out
 
 
