@@ -380,3 +380,32 @@ def test_profile_cli_on_a_url_reports_storage_order_and_read_ahead(local_ds, ser
     text = (tmp_path / "p" / "report.txt").read_text()
     assert "ORDER    block order:" in text and "neighbour_ratio" in text and "read-ahead, per run" in text
     assert "GETs in flight" in text and f"{http_url}/ds" in text
+
+
+def test_convert_api_to_a_url_uploads_manifest_last_and_refuses_to_overwrite(photo_folder, s3, tmp_path):
+    import s3fs
+    opts = s3.s3_options()
+    url = "s3://bkt/api-photos"
+    summary = fastload.convert(photo_folder, url, shard_size="300KB", workers=0, progress=False,
+                               storage_options=opts)
+    assert summary.url == url and summary.records == 40 and url in str(summary)
+    fs = s3fs.S3FileSystem(**opts)
+    info = {p.rsplit("/", 1)[1]: fs.info(p) for p in fs.ls("bkt/api-photos")}
+    shards = [n for n in info if n.endswith(".fls")]
+    assert len(shards) == summary.shards >= 2 and "manifest.json" in info
+    assert info["manifest.json"]["LastModified"] >= max(info[n]["LastModified"] for n in shards)
+    local = fastload.ShardDataset(fastload.convert(photo_folder, tmp_path / "local", shard_size="300KB",
+                                                   workers=0, progress=False).path)
+    remote = fastload.ShardDataset(url, storage_options=opts, cache_dir=tmp_path / "cache")
+    assert np.array_equal(remote.reader.column("label"), local.reader.column("label"))
+    assert bytes(remote.reader.get(17, "image")) == bytes(local.reader.get(17, "image"))
+    with pytest.raises(FileExistsError, match="api-photos"):
+        fastload.convert(photo_folder, url, workers=0, progress=False, storage_options=opts)
+    assert fs.exists("bkt/api-photos/manifest.json")      # the refused call left the dataset as it was
+    again = fastload.convert(photo_folder, url, shard_size="1MB", workers=0, progress=False, overwrite=True,
+                             storage_options=opts)
+    assert again.shards < summary.shards and len(fastload.ShardDataset(url, storage_options=opts,
+                                                                       cache_dir=tmp_path / "c2")) == 40
+    with pytest.raises(ValueError, match="backend='shards'"):
+        fastload.convert(photo_folder, "s3://bkt/lmdb", backend="lmdb", workers=0, progress=False,
+                         storage_options=opts)
