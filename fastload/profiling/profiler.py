@@ -105,8 +105,7 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
         phase = "storage"
         st = tgt.storage() if storage else None
         remote = tgt.remote_storage(seconds, log) if storage else None
-        if remote is not None:
-            log("storage: range GETs of whole blocks, one at a time, then 8 in flight")
+        if remote is not None:      # range GETs of whole blocks, then the block order through the read-ahead
             rep.storage = {"remote": remote, "files": remote["files"], "bytes": remote["bytes"]}
         elif st is not None:
             paths, make_source = st
