@@ -366,3 +366,38 @@ def test_stacking_into_the_slot_gives_torchs_result_or_error_when_later_samples_
 def test_nested_tensors_in_a_custom_collate_reach_the_main_process():
     got = list(fastload.DataLoader(Exotic(), batch_size=2, num_workers=2, collate_fn=list))
     assert len(got) == 3 and got[0][0].is_nested and got[1][0].is_quantized
+
+
+class BigFrames(tud.Dataset):
+    """Samples of 3x224x224 uint8: a batch of 64 is 9.6 MB, bigger than a pipe and than a new loader's slots."""
+
+    def __len__(self):
+        return 64 * 8
+
+    def __getitem__(self, i):
+        return torch.full((3, 224, 224), i % 251, dtype=torch.uint8), i
+
+
+def test_breaking_out_of_an_epoch_stops_workers_blocked_sending_a_big_batch():
+    # the first batches of a loader do not fit its slots yet and travel pickled through the result pipe;
+    # a worker blocked in that send never reads its Shutdown unless the main process drains the pipe
+    loader = fastload.DataLoader(BigFrames(), batch_size=64, num_workers=2, prefetch_factor=2)
+    it = iter(loader)
+    first = next(it)
+    pids = it.worker_pids
+    time.sleep(0.5)                     # the workers have built their next batches and are sending them
+    t0 = time.monotonic()
+    it.close()
+    took = time.monotonic() - t0
+    assert took < 4.0, f"close() took {took:.1f} s: workers were waited for until the 5 s deadline"
+    for p in pids:
+        _wait_dead(p, timeout=1.0)      # already gone: close() joined them
+    assert torch.equal(first[0][3], torch.full((3, 224, 224), 3, dtype=torch.uint8))
+
+
+def test_a_new_epoch_starts_with_slots_as_big_as_the_last_epochs_batches():
+    loader = fastload.DataLoader(BigFrames(), batch_size=64, num_workers=2)
+    list(loader)
+    it = iter(loader)
+    assert it._slots.slot_bytes >= 64 * 3 * 224 * 224      # no batch of this epoch goes through the pipe
+    assert len(list(it)) == 8

@@ -67,6 +67,7 @@ class DataLoader(torch.utils.data.DataLoader[T_co]):
         self._persistent_iter = None
         self.reported_len: int | None = None   # len(loader) of an IterableDataset, for torch's warning
         self.stats = LoaderStats()   # per-stage seconds, filled by the workers' per-batch messages
+        self._slot_hint = 0          # bytes the biggest batch so far needed in a slot: new iterators start there
         self.device = torch.device(device) if device is not None else None
         if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device={str(self.device)!r} was asked for but CUDA is not available; "

@@ -173,7 +173,9 @@ class RingLoaderIter(EpochIter):
         self._persistent = loader.persistent_workers
         self._restart = bool(loader.restart_workers) and not self.iterable
         # + 2: the batch the user holds now and the one before it, whose slot is checked before reuse
-        self._slots = SlotLedger(self._max_tasks + 2, batches.slot_bytes, on_new_segment)
+        # slots start as big as the biggest batch of this loader's earlier epochs: a batch that does not fit
+        # travels pickled through the pipe (a copy), so each new iterator would pay that for its first ones
+        self._slots = SlotLedger(self._max_tasks + 2, max(batches.slot_bytes, loader._slot_hint), on_new_segment)
         ctx = loader.multiprocessing_context or torch.multiprocessing
         try:
             self._pool = WorkerPool(ctx, self._n, batches, self.base_seed, loader.worker_init_fn)
@@ -401,6 +403,8 @@ class RingLoaderIter(EpochIter):
                 self._slots.recycle(res.slot, res.needed)
         else:
             self._slots.recycle(res.slot, res.needed)
+        if res.needed > self._loader._slot_hint:
+            self._loader._slot_hint = res.needed
         if res.timings is not None:
             self._stats.add(res.timings)
         self._dispatch()

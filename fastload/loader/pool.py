@@ -211,6 +211,25 @@ class WorkerPool:
                               f"timeout=0 it waits for ever, as torch's does: pass timeout= to fail instead.",
                               RuntimeWarning, stacklevel=4)
 
+    def _drain_until_exited(self, deadline: float) -> None:
+        """Wait for the workers to exit, reading (and dropping) what they still send: a worker blocked
+        sending a batch too big for its slot (pickled through the pipe) could otherwise never see the
+        Shutdown and would be waited for until the deadline."""
+        alive = {p.sentinel: p for p in self.procs if p.is_alive()}
+        conns = list(self.result_conns)
+        while alive:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for r in mp_wait(list(alive) + conns, timeout=left):
+                if r in alive:
+                    alive.pop(r).join(0)
+                    continue
+                try:
+                    r.recv_bytes()
+                except (EOFError, OSError):
+                    conns.remove(r)
+
     def shutdown(self, timeout: float = 5.0) -> None:
         if self.closed:
             return
@@ -220,9 +239,7 @@ class WorkerPool:
                 c.send(Shutdown())
             except (BrokenPipeError, OSError):
                 pass
-        deadline = time.monotonic() + timeout
-        for p in self.procs:
-            p.join(max(0.0, deadline - time.monotonic()))
+        self._drain_until_exited(time.monotonic() + timeout)
         for p in self.procs:
             if p.is_alive():
                 p.terminate()
