@@ -100,23 +100,12 @@ def _add_storage_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from fastload.conversion import convert
-    from fastload.storage.url import is_remote
-    if is_remote(args.dst):     # convert locally, then upload with the manifest last (fastload.storage.upload)
-        import tempfile
-        from fastload.storage.upload import upload_dataset
-        with tempfile.TemporaryDirectory(prefix="fastload-upload-") as tmp:
-            url = args.dst
-            args.dst = str(Path(tmp) / "dataset")
-            cmd_convert(args)
-            upload_dataset(args.dst, url, args.storage_options)
-            print(f"uploaded to {url} (manifest last)")
-        return 0
-    try:
+    try:    # a URL destination: built locally, then uploaded with the manifest last (convert does both)
         summary = convert(args.src, args.dst, backend=args.backend, workers=args.workers,
                           shard_size=args.shard_size, max_side=args.max_side, quality=args.quality,
                           on_error=args.on_error, progress=not args.quiet, print_summary=False,
                           overwrite=args.overwrite, validate=args.validate, engine=args.engine,
-                          address=args.address, resume=args.resume)
+                          address=args.address, resume=args.resume, storage_options=args.storage_options)
     except SystemExit as e:
         if e.code == 143:
             print("fastload convert: terminated (SIGTERM); nothing was left behind", file=sys.stderr)

@@ -167,7 +167,9 @@ class FaultProxy:
                     if k.lower() not in ("connection", "keep-alive", "transfer-encoding", "content-length",
                                          "date", "server"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
+                # a HEAD answer has no body: its Content-Length is the object's, as upstream said
+                length = resp.getheader("Content-Length", "0") if method == "HEAD" else str(len(body))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if method == "HEAD":
                     return

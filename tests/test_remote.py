@@ -350,3 +350,62 @@ def test_two_jobs_share_a_cache_and_ctrl_c_leaves_it_consistent(local_ds, server
         assert sorted(json.loads((tmp_path / f"j{seed}.json").read_text())) == want
     assert _check_present_blocks(cache, local_ds) > 0
     assert disk_usage(cache) <= int(total * 0.9)
+
+
+def test_profile_cli_on_a_url_reports_storage_order_and_read_ahead(local_ds, servers, http_url, tmp_path, capsys):
+    import argparse
+    import json
+    from fastload.profiling.cli import add_parser
+    parser = argparse.ArgumentParser(prog="fastload")
+    add_parser(parser.add_subparsers(dest="command"))
+    servers.range_stats(reset=True)
+    args = parser.parse_args(["profile", f"{http_url}/ds", "--cache-dir", str(tmp_path / "cache"), "--json",
+                              "--out", str(tmp_path / "p"), "--size", "32", "--batch-size", "8", "--workers", "0,1",
+                              "--prefetch", "2", "--seconds", "0.3", "--steps", "4", "--no-plot", "-q"])
+    assert args.func(args) == 0
+    rep = json.loads(capsys.readouterr().out)
+    data = sum(p.stat().st_size for p in local_ds.glob("*.fls"))
+    assert rep["target"]["url"] == f"{http_url}/ds" and rep["target"]["records"] == len(fastload.ShardDataset(local_ds))
+    remote = rep["storage"]["remote"]
+    assert remote["one_stream"]["mb_s"] > 0 and remote["parallel"]["gets"] >= 1 and remote["bytes"] <= data
+    q = rep["order"]["order"]
+    assert q["kind"] == "block" and q["blocks"] >= 2 and q["samples"] > 0
+    assert q["effective_window"] == pytest.approx(q["window_blocks"] * q["mean_block_samples"])
+    assert 0 < q["neighbour_ratio"] < 3 and 0 <= q["same_block"] <= 1
+    runs = rep["order"]["read_ahead"]
+    assert [r["run"] for r in runs][:2] == ["workers=0 prefetch=None", "workers=1 prefetch=2"]
+    assert all(r["blocks_needed"] >= 1 and 0 <= r["blocks_fetched"] <= r["blocks_needed"] for r in runs)
+    # every block came over the network at most once for the loaders (the probe's own GETs are not cached)
+    assert sum(r["bytes_fetched"] for r in runs) <= data
+    text = (tmp_path / "p" / "report.txt").read_text()
+    assert "ORDER    block order:" in text and "neighbour_ratio" in text and "read-ahead, per run" in text
+    assert "GETs in flight" in text and f"{http_url}/ds" in text
+
+
+def test_convert_api_to_a_url_uploads_manifest_last_and_refuses_to_overwrite(photo_folder, s3, tmp_path):
+    import s3fs
+    opts = s3.s3_options()
+    url = "s3://bkt/api-photos"
+    summary = fastload.convert(photo_folder, url, shard_size="300KB", workers=0, progress=False,
+                               storage_options=opts)
+    assert summary.url == url and summary.records == 40 and url in str(summary)
+    fs = s3fs.S3FileSystem(**opts)
+    info = {p.rsplit("/", 1)[1]: fs.info(p) for p in fs.ls("bkt/api-photos")}
+    shards = [n for n in info if n.endswith(".fls")]
+    assert len(shards) == summary.shards >= 2 and "manifest.json" in info
+    assert info["manifest.json"]["LastModified"] >= max(info[n]["LastModified"] for n in shards)
+    local = fastload.ShardDataset(fastload.convert(photo_folder, tmp_path / "local", shard_size="300KB",
+                                                   workers=0, progress=False).path)
+    remote = fastload.ShardDataset(url, storage_options=opts, cache_dir=tmp_path / "cache")
+    assert np.array_equal(remote.reader.column("label"), local.reader.column("label"))
+    assert bytes(remote.reader.get(17, "image")) == bytes(local.reader.get(17, "image"))
+    with pytest.raises(FileExistsError, match="api-photos"):
+        fastload.convert(photo_folder, url, workers=0, progress=False, storage_options=opts)
+    assert fs.exists("bkt/api-photos/manifest.json")      # the refused call left the dataset as it was
+    again = fastload.convert(photo_folder, url, shard_size="1MB", workers=0, progress=False, overwrite=True,
+                             storage_options=opts)
+    assert again.shards < summary.shards and len(fastload.ShardDataset(url, storage_options=opts,
+                                                                       cache_dir=tmp_path / "c2")) == 40
+    with pytest.raises(ValueError, match="backend='shards'"):
+        fastload.convert(photo_folder, "s3://bkt/lmdb", backend="lmdb", workers=0, progress=False,
+                         storage_options=opts)

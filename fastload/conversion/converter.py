@@ -45,7 +45,7 @@ ENGINES = ("local", "ray")
 @dataclass
 class ConvertSummary:
     """What a conversion produced."""
-    path: Path
+    path: Path                        # the dataset directory (for a URL destination: where it was built)
     backend: str
     records: int
     bytes: int
@@ -57,6 +57,7 @@ class ConvertSummary:
     units: int = 0
     reused_units: int = 0             # finished by an earlier, killed run and verified by checksum
     classes: list[str] | None = None
+    url: str | None = None            # a URL destination: where the dataset was uploaded (manifest last)
 
     @property
     def records_per_s(self) -> float:
@@ -71,7 +72,8 @@ class ConvertSummary:
     def __str__(self) -> str:
         start = f" + {self.startup_seconds:.1f} s to start {self.engine}" if self.startup_seconds >= 0.05 else ""
         reused = f", {self.reused_units} of {self.units} units reused" if self.reused_units else ""
-        lines = [f"wrote {self.path} ({self.backend}): {self.records} records, {format_bytes(self.bytes)} in "
+        where = f"{self.url} (uploaded, manifest last)" if self.url else str(self.path)
+        lines = [f"wrote {where} ({self.backend}): {self.records} records, {format_bytes(self.bytes)} in "
                  f"{self.shards} file(s), {self.seconds - self.startup_seconds:.1f} s{start}, "
                  f"{self.records_per_s:.0f} records/s, {self.mb_per_s:.1f} MB/s, {len(self.skipped)} skipped"
                  f"{reused}"]
@@ -80,6 +82,28 @@ class ConvertSummary:
         if len(self.skipped) > 10:
             lines.append(f"  ... and {len(self.skipped) - 10} more (listed in manifest.json)")
         return "\n".join(lines)
+
+
+def _convert_to_url(source: Any, url: str, storage_options: dict | None, overwrite: bool, backend: str,
+                    **kw) -> ConvertSummary:
+    """:func:`convert` into a temporary directory, then upload it to ``url`` (manifest last)."""
+    import tempfile
+    from fastload.storage.upload import dataset_exists, upload_dataset
+    if backend != "shards":
+        raise ValueError("a URL destination takes backend='shards': an LMDB environment is one file that "
+                         "needs random access")
+    if not overwrite and dataset_exists(url, storage_options):
+        raise FileExistsError(f"{url}: a dataset is already there (it has a manifest.json); pass "
+                              "overwrite=True (--overwrite) to replace it")
+    show = kw["progress"] if kw.get("print_summary") is None else kw["print_summary"]
+    kw["print_summary"] = False
+    with tempfile.TemporaryDirectory(prefix="fastload-upload-") as tmp:
+        summary = convert(source, Path(tmp) / "dataset", backend=backend, overwrite=True, resume=False, **kw)
+        upload_dataset(summary.path, url, storage_options)
+    summary.url = url
+    if show:
+        print(summary, file=sys.stderr)
+    return summary
 
 
 def _schema(fields: Schema | Mapping[str, Field] | None, source: Any, quality: int | None) -> Schema:
@@ -182,8 +206,13 @@ def convert(source: Any, dst: str | os.PathLike, fields: Schema | Mapping[str, F
             max_side: int | None = None, quality: int | None = None, on_error: str = "fail",
             progress: bool = True, overwrite: bool = False, validate: bool = True,
             print_summary: bool | None = None, engine: str = "local", address: str | None = None,
-            resume: bool = True) -> ConvertSummary:
+            resume: bool = True, storage_options: dict | None = None) -> ConvertSummary:
     """Convert ``source`` into a dataset directory at ``dst`` and return a summary.
+
+    ``dst`` may be a URL (``s3://``, ``gs://``, ``az://``...; ``storage_options`` go to fsspec): the dataset
+    is built in a local temporary directory, then uploaded, data files first and ``manifest.json`` last,
+    so a reader never sees half a dataset. A dataset already at the URL is refused unless ``overwrite``;
+    with it, the old manifest is removed first (readers stop seeing the old dataset before it changes).
 
     ``source``: an ImageFolder directory, Parquet file(s), a Hugging Face ``datasets`` dataset (or its
     ``save_to_disk`` folder), WebDataset tars, a CSV/JSONL list of paths and labels, ``"module:callable"``,
@@ -209,6 +238,12 @@ def convert(source: Any, dst: str | os.PathLike, fields: Schema | Mapping[str, F
         raise ValueError(f"backend must be one of ('shards', 'lmdb'), got {backend!r}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    from fastload.storage.url import is_remote
+    if is_remote(dst):
+        return _convert_to_url(source, str(dst), storage_options, overwrite=overwrite, fields=fields,
+                               backend=backend, workers=workers, shard_size=shard_size, max_side=max_side,
+                               quality=quality, on_error=on_error, progress=progress, validate=validate,
+                               print_summary=print_summary, engine=engine, address=address)
     t0 = time.perf_counter()
     src = resolve_source(source, fields if fields is None or isinstance(fields, Schema) else Schema(fields))
     schema = _schema(fields, src, quality)

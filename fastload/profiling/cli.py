@@ -29,6 +29,17 @@ def _pos_float(text: str) -> float:
     return v
 
 
+def _json_object(text: str) -> dict:
+    import json
+    try:
+        v = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--storage-options must be a JSON object: {e}") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError("--storage-options must be a JSON object")
+    return v
+
+
 def _pos_int(text: str) -> int:
     v = int(text)
     if v <= 0:
@@ -38,8 +49,15 @@ def _pos_int(text: str) -> int:
 
 def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("target", metavar="TARGET",
-                   help="a fastload dataset directory, or an ImageFolder tree (profiled as PIL + torchvision-style "
-                        "transforms, compared with fastload's ops on the same files)")
+                   help="a fastload dataset directory or URL (s3://, https://, ...: read through the block cache "
+                        "in the block order, as training would), or an ImageFolder tree (profiled as PIL + "
+                        "torchvision-style transforms, compared with fastload's ops on the same files)")
+    p.add_argument("--storage-options", type=_json_object, default=None, metavar="JSON",
+                   help="fsspec options of a URL target, as a JSON object (as for fastload convert)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="block cache of a URL target (default $FASTLOAD_CACHE_DIR or ~/.cache/fastload)")
+    p.add_argument("--cache-limit", default=None, metavar="SIZE",
+                   help="cache_limit of a URL target, e.g. 20GB (default: 90%% of the cache disk's free space)")
     p.add_argument("--out", default="fastload-profile", metavar="DIR",
                    help="write report.txt, report.json, trace.json (Perfetto / chrome://tracing) and profile.png "
                         "here (default ./fastload-profile)")
@@ -92,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     rep = profile(args.target, steps=max(args.steps, 0), step_time=step_time, target_rate=args.target_rate,
                   batch_size=args.batch_size, size=args.size, pipeline=args.pipeline, workers=args.workers, prefetch=args.prefetch,
                   seconds=args.seconds, storage=args.storage, cold=args.cold, transfer_gbps=args.transfer_gbps,
-                  simulate_storage_mb_s=args.simulate_storage, progress=not args.quiet, out=None)
+                  simulate_storage_mb_s=args.simulate_storage, progress=not args.quiet, out=None,
+                  storage_options=args.storage_options, cache_dir=args.cache_dir, cache_limit=args.cache_limit)
     if args.out:
         try:
             rep.save(args.out, plot=args.plot)

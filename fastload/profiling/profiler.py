@@ -64,11 +64,15 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
             prefetch: Sequence[int] = (2, 4), seconds: float = 2.0, storage: bool = True, cold: bool = True,
             cpu: bool = True, sweep: bool = True, transfer_gbps: float | None = None,
             simulate_storage_mb_s: float | None = None, progress: bool = True, out: str | os.PathLike | None = None,
-            seed: int = 0, pipeline: str | None = None) -> ProfileReport:
+            seed: int = 0, pipeline: str | None = None, storage_options: dict | None = None,
+            cache_dir: str | os.PathLike | None = None, cache_limit: int | str | None = None) -> ProfileReport:
     """Profile an input pipeline and name its bottleneck.
 
-    ``target``: a fastload dataset directory, an ImageFolder directory, a ``ShardDataset``, a torch
-    ``DataLoader`` (fastload's or torch's), or any iterable of batches.
+    ``target``: a fastload dataset directory or URL (``s3://``, ``https://``...: ``storage_options``,
+    ``cache_dir``, ``cache_limit`` as for ``ShardDataset``), an ImageFolder directory, a ``ShardDataset``, a
+    torch ``DataLoader`` (fastload's or torch's), or any iterable of batches. A URL is loaded as training
+    would (``shuffle=True``: the block order with read-ahead); the report adds the storage's range-GET rates,
+    the order's shuffle quality and each run's read-ahead counters.
 
     The training step, for the data-stall measurement: ``step(batch)`` (a real callable; synchronise the
     GPU in it), or a simulated one: ``step_time`` seconds per batch, or ``target_rate`` samples/s.
@@ -88,7 +92,8 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
     rep = ProfileReport()
     rep.partial = False
     tgt = resolve(target, batch_size=batch_size, size=size, transforms=transforms,
-                  simulate_storage_mb_s=simulate_storage_mb_s, seed=seed, pipeline=pipeline)
+                  simulate_storage_mb_s=simulate_storage_mb_s, seed=seed, pipeline=pipeline,
+                  storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit)
     rep.target = tgt.info()
     rep.machine = machine_info()
     rep.settings = {"steps": steps, "seconds_per_point": seconds, "cold": cold, "seed": seed,
@@ -99,7 +104,10 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
         # 1. storage ------------------------------------------------------------------------------
         phase = "storage"
         st = tgt.storage() if storage else None
-        if st is not None:
+        remote = tgt.remote_storage(seconds, log) if storage else None
+        if remote is not None:      # range GETs of whole blocks, then the block order through the read-ahead
+            rep.storage = {"remote": remote, "files": remote["files"], "bytes": remote["bytes"]}
+        elif st is not None:
             paths, make_source = st
             log("storage: reading the dataset's files" + (" (cold, then warm)" if cold else ""))
             rep.storage = probe_storage(paths, make_source, cold=cold, seconds=seconds, log=log, seed=seed,
@@ -196,6 +204,7 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
         remove = getattr(getattr(tgt, "reader", None), "remove_lock_file", None)
         if remove is not None:
             remove()
+    rep.order = tgt.order_report()
     rep.spans = _trace_spans(rep)
     rep.verdict = verdict_mod.decide(rep)
     log(f"verdict: {rep.verdict.bound}-bound")

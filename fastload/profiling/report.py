@@ -50,6 +50,7 @@ class ProfileReport:
     sweep: dict | None = None
     transfer: dict | None = None
     stall: dict | None = None
+    order: dict | None = None          # block order: shuffle quality, read-ahead counters per run
     verdict: Verdict = field(default_factory=Verdict)
     partial: bool = False              # Ctrl-C cut the run short
     interrupted_in: str | None = None
@@ -123,6 +124,8 @@ class ProfileReport:
                                                          if "num_workers" in t else ""))
         if t.get("reader") and t["reader"] != "DatasetReader":
             L.append(f"  reader    {t['reader']}  (SIMULATED slow storage)")
+        if t.get("cache"):
+            L.append(f"  cache     {t['cache']}")
         cuda = m.get("cuda") or "no CUDA"
         L.append(f"  machine   {m.get('cores')} usable cores ({m.get('cpu', '?')}), "
                  f"{_mb(m.get('memory_bytes'))} RAM, {cuda}")
@@ -131,6 +134,7 @@ class ProfileReport:
         self._storage(L)
         self._cpu(L)
         self._sweep(L)
+        self._order(L)
         self._transfer(L)
         self._stall(L)
         self._verdict(L, width)
@@ -155,6 +159,22 @@ class ProfileReport:
         st = self._section(L, "storage", "STORAGE  not probed")
         if st is None:
             return
+        r = st.get("remote")
+        if r:
+            one, par = r["one_stream"], r["parallel"]
+            L.append(f"STORAGE  {r['url']}: {r['files']} file(s), {_mb(r['bytes'])} in {r['blocks']} blocks of "
+                     f"{r['block_bytes'] / 2**20:g} MiB (one range GET each); nothing cached by this probe")
+            L.append(f"  one GET at a time   {one['mb_s']:>10,.0f} MB/s  {one['ms_per_get']:,.0f} ms per block "
+                     f"({one['gets']} GETs)")
+            L.append(f"  {par['streams']} GETs in flight    {par['mb_s']:>10,.0f} MB/s  as the read-ahead fetches "
+                     f"({par['gets']} GETs)")
+            sp = r.get("stream")
+            if sp:
+                ra = sp.get("read_ahead") or {}
+                L.append(f"  block order + read-ahead {sp['mb_s']:>5,.0f} MB/s  {_f(sp['records_s'])} records/s, one "
+                         f"reader, no decode; {sp['cache_present_at_start']:.0%} of the blocks cached at start, "
+                         f"{ra.get('blocks_fetched', 0)} fetched")
+            return
         L.append(f"STORAGE  {st['files']} file(s), {_mb(st['bytes'])}; one reader"
                  + (f"; {st['resident_before']:.0%} in page cache at start" if st.get("resident_before") is not None else ""))
         L.append(f"  {'page cache':<28}{'sequential':>14}{'random records/s':>20}{'random MB/s':>14}")
@@ -174,6 +194,25 @@ class ProfileReport:
                      f"{rnd.get('mb_s', 0):>14,.1f}")
         if "cold" in st and "resident_after_evict" in (st.get("cold") or {}):
             L.append("  (cold = dropped from this OS's page cache; a cache below it, e.g. the hypervisor's, may be warm)")
+
+    def _order(self, L: list[str]) -> None:
+        o = self.order
+        if not o:
+            return
+        L.append("")
+        q = o.get("order")
+        if q:
+            L.extend(textwrap.wrap(f"ORDER    {q['text']}", 100, subsequent_indent="         "))
+            L.append(f"  effective window {q['effective_window']:,.0f} samples, neighbour_ratio "
+                     f"{q['neighbour_ratio']:.2f} (1.0 = a uniform shuffle), same_block {q['same_block']:.3f}")
+        if o.get("read_ahead"):
+            L.append(f"  {'read-ahead, per run':<34}{'blocks needed':>14}{'fetched':>9}{'MB fetched':>12}"
+                     f"{'peak pinned MB':>16}")
+            for r in o["read_ahead"]:
+                L.append(f"  {r['run']:<34}{r['blocks_needed']:>14,}{r['blocks_fetched']:>9,}"
+                         f"{r['bytes_fetched'] / 1e6:>12,.1f}{r['peak_pinned_bytes'] / 1e6:>16,.1f}")
+            L.append("  (fetched < needed: the rest were in the cache already, from an earlier run or another "
+                     "process)")
 
     def _cpu(self, L: list[str]) -> None:
         c = self._section(L, "cpu", "CPU      not measured")

@@ -245,6 +245,87 @@ def probe_storage(paths: Sequence[str | os.PathLike], make_source: Callable[[], 
     return out
 
 
+# -- a dataset behind a URL -----------------------------------------------------------------------------
+def probe_remote(reader: Any, seconds: float = 2.0, concurrency: int = 8, max_blocks: int = 16, seed: int = 0,
+                 log: Callable[[str], None] = lambda s: None) -> dict:
+    """Range GETs of whole blocks (the fetch unit) straight from the storage of a remote dataset (a
+    ``RemoteDatasetReader``), one at a time and then ``concurrency`` in flight as the read-ahead has them
+    (at most ``max_blocks`` blocks per case, not cached); then :func:`stream_pass`."""
+    import concurrent.futures
+    from fastload.storage.ranged import read_range
+    from fastload.storage.url import join
+    cache = reader.cache
+    t = cache.table
+    urls = [join(reader.url, f) for f in cache.files]
+
+    def get(b: int) -> int:
+        k = int(t.shard[b])
+        return len(read_range(urls[k], int(t.start[b]), int(t.end[b]), reader.remote.storage_options,
+                              reader.remote.policy, shard=cache.files[k], block=b))
+
+    blocks = list(range(min(len(t), max_blocks)))
+    out: dict = {"url": reader.url, "cache": str(reader.path), "files": len(cache.files),
+                 "bytes": int(t.nbytes.sum()), "blocks": len(t), "block_bytes": int(t.block_bytes)}
+    done = nbytes = 0
+    t0 = time.perf_counter()
+    for b in blocks:
+        nbytes += get(b)
+        done += 1
+        if time.perf_counter() - t0 >= seconds / 2 and done >= 2:
+            break
+    dt = max(time.perf_counter() - t0, 1e-9)
+    out["one_stream"] = {"gets": done, "bytes": nbytes, "seconds": round(dt, 4), "mb_s": nbytes / dt / 1e6,
+                         "ms_per_get": dt / max(done, 1) * 1e3}
+    pick = blocks[:max(2 * concurrency, 2)]
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as ex:
+        nbytes = sum(ex.map(get, pick))
+    dt = max(time.perf_counter() - t0, 1e-9)
+    out["parallel"] = {"streams": concurrency, "gets": len(pick), "bytes": nbytes, "seconds": round(dt, 4),
+                       "mb_s": nbytes / dt / 1e6}
+    log(f"storage remote: {out['one_stream']['mb_s']:,.0f} MB/s one GET at a time "
+        f"({out['one_stream']['ms_per_get']:,.0f} ms per {t.block_bytes >> 20} MiB block), "
+        f"{out['parallel']['mb_s']:,.0f} MB/s with {concurrency} in flight")
+    out["stream"] = stream_pass(reader, seconds, seed)
+    st = out["stream"]
+    log(f"storage remote: {st['records_s']:,.0f} records/s ({st['mb_s']:,.0f} MB/s) through the read-ahead, "
+        f"{st['cache_present_at_start']:.0%} of the blocks cached at start")
+    return out
+
+
+def stream_pass(reader: Any, seconds: float, seed: int = 0) -> dict:
+    """Records' stored bytes read in the block order, with the loader's read-ahead filling the cache ahead of
+    the reads (no decode, one reader), for ``seconds``: the rate this URL can feed an epoch from an empty
+    cache. The blocks it fetched stay cached (later phases then read from the cache, as later epochs do)."""
+    from dataclasses import asdict
+    from functools import partial
+    from fastload.loader.block_order import BlockOrder
+    from fastload.storage.reading import read_ahead_for
+    cache = reader.cache
+    t = cache.table
+    present = float(np.mean(np.asarray(cache.present[:len(t)]) == 1)) if len(t) else 0.0
+    order = BlockOrder(len(reader), t.first, t.stop, shuffle=True, seed=seed,
+                       read_ahead=partial(read_ahead_for, reader, t))
+    fields = [n for n, f in reader.schema.items() if getattr(f, "payload", True) and f.kind not in ("int", "float")]
+    done = nbytes = 0
+    t0 = time.perf_counter()
+    it = iter(order)
+    try:
+        for i in it:
+            for f in fields:
+                nbytes += touch(reader.get(i, f))
+            done += 1
+            if done % 64 == 0 and time.perf_counter() - t0 >= seconds:
+                break
+    finally:
+        it.close()
+    dt = max(time.perf_counter() - t0, 1e-9)
+    ra = order.read_ahead_stats
+    return {"records": done, "bytes": nbytes, "seconds": round(dt, 4), "records_s": done / dt,
+            "mb_s": nbytes / dt / 1e6, "cache_present_at_start": present,
+            "read_ahead": asdict(ra) if ra is not None else None, "order": asdict(order.quality)}
+
+
 # -- simulated slow storage ---------------------------------------------------------------------------
 class ThrottledReader:
     """A dataset reader whose stored fields come off a simulated device of ``mb_per_s`` bandwidth (plus

@@ -53,6 +53,14 @@ class Target:
         """A simulated device's per-read cost for the sequential pass (None: real storage)."""
         return None
 
+    def remote_storage(self, seconds: float, log: Callable[[str], None]) -> dict | None:
+        """The storage probe of a dataset behind a URL (range GETs of its blocks); None: not remote."""
+        return None
+
+    def order_report(self) -> dict | None:
+        """Shuffle quality and read-ahead counters of the block-ordered loaders that ran; None: none did."""
+        return None
+
     def cpu(self, seconds: float, log: Callable[[str], None]) -> dict | None:
         return None
 
@@ -245,6 +253,57 @@ class DatasetTarget(MapDatasetTarget):
 
 
 
+# -- a fastload dataset behind a URL -------------------------------------------------------------------------
+class RemoteDatasetTarget(DatasetTarget):
+    """A fastload dataset at an fsspec URL, read through the node-local block cache. The loader runs as
+    training would (``shuffle=True``: the block order, with read-ahead), so the first run fetches the
+    blocks and later runs read them from the cache; each run's read-ahead counters are reported."""
+
+    kind = "fastload dataset at a URL"
+
+    def __init__(self, dataset: Any, batch_size: int = 128, seed: int = 0, pipeline: str = ""):
+        super().__init__(dataset, batch_size, seed, pipeline)
+        self._runs: list[tuple[str, Any]] = []
+
+    def info(self) -> dict:
+        out = super().info()
+        out.pop("reader", None)
+        out.update(path=self.reader.url, url=self.reader.url, cache=str(self.reader.path))
+        return out
+
+    def storage(self):
+        return None
+
+    def remote_storage(self, seconds: float, log) -> dict:
+        from .storage import probe_remote
+        return probe_remote(self.reader, seconds=seconds, seed=self.seed, log=log)
+
+    def make_loader(self, workers: int, prefetch: int | None):
+        loader = self.loader_class(self.ds, batch_size=self.batch_size, shuffle=True, num_workers=workers,
+                                   prefetch_factor=prefetch if workers else None, seed=self.seed)
+        self._runs.append((f"workers={workers} prefetch={prefetch if workers else None}", loader))
+        return loader
+
+    def order_report(self) -> dict | None:
+        runs = []
+        quality = None
+        for label, loader in self._runs:
+            ra = getattr(getattr(loader, "sampler", None), "read_ahead_stats", None)
+            q = getattr(getattr(loader, "stats", None), "order", None)
+            if q is not None and q.samples:
+                quality = q
+            if ra is not None:
+                runs.append({"run": label, **{k: getattr(ra, k) for k in ("blocks_needed", "blocks_fetched",
+                                                                          "bytes_fetched", "peak_pinned_bytes")}})
+        if quality is None and not runs:
+            return None
+        out: dict = {"read_ahead": runs}
+        if quality is not None:
+            from dataclasses import asdict
+            out["order"] = {**asdict(quality), "text": str(quality)}
+        return out
+
+
 # -- an ImageFolder tree, before converting ------------------------------------------------------------------
 class ImageFolderTarget(MapDatasetTarget):
     kind = "ImageFolder (PIL + torchvision-style transforms)"
@@ -434,8 +493,11 @@ class IterableTarget(Target):
 
 
 def resolve(target: Any, batch_size: int = 128, size: int = 224, transforms: dict | None = None,
-            simulate_storage_mb_s: float | None = None, seed: int = 0, pipeline: str | None = None) -> Target:
-    """A path (fastload dataset or ImageFolder), a ShardDataset, a torch DataLoader, or any iterable.
+            simulate_storage_mb_s: float | None = None, seed: int = 0, pipeline: str | None = None,
+            storage_options: dict | None = None, cache_dir: str | os.PathLike | None = None,
+            cache_limit: int | str | None = None) -> Target:
+    """A path (fastload dataset or ImageFolder), a dataset URL (``storage_options``, ``cache_dir``,
+    ``cache_limit`` as for ``ShardDataset``), a ShardDataset, a torch DataLoader, or any iterable.
     ``pipeline`` (a name in :data:`PIPELINES`) or ``transforms`` choose what a dataset path runs."""
     from .storage import ThrottledReader
     if pipeline is not None and not isinstance(target, (str, os.PathLike)):
@@ -443,6 +505,19 @@ def resolve(target: Any, batch_size: int = 128, size: int = 224, transforms: dic
     if pipeline is not None and transforms is not None:
         raise ValueError("give pipeline= or transforms=, not both")
     chosen = named(pipeline or DEFAULT)
+    from fastload.storage.url import is_remote
+    if isinstance(target, str) and is_remote(target):
+        if simulate_storage_mb_s:
+            raise ValueError("simulated storage applies to local datasets; a URL is profiled as it is")
+        remote = dict(storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit)
+        if transforms is None:      # the named pipeline on every image field (opening reads no shard)
+            schema = ShardDataset(target, **remote).reader.schema
+            transforms = {f: chosen.ops(size) for f, field in schema.items() if field.kind == "image"}
+            ran = f"{chosen.name}: {chosen.what}"
+        else:
+            ran = "the transforms given"
+        return RemoteDatasetTarget(ShardDataset(target, transforms=transforms, **remote), batch_size=batch_size,
+                                   seed=seed, pipeline=ran)
     if isinstance(target, (str, os.PathLike)):
         p = Path(target)
         from fastload.formats.manifest import MANIFEST
@@ -469,6 +544,11 @@ def resolve(target: Any, batch_size: int = 128, size: int = 224, transforms: dic
                 raise ValueError("simulated storage applies to fastload datasets only")
             return ImageFolderTarget(p, size=size, batch_size=batch_size, seed=seed, pipeline=chosen)
     if isinstance(target, ShardDataset):
+        if getattr(target.reader, "remote", None) is not None:
+            if simulate_storage_mb_s:
+                raise ValueError("simulated storage applies to local datasets; a URL is profiled as it is")
+            return RemoteDatasetTarget(target, batch_size=batch_size, seed=seed,
+                                       pipeline="the dataset's own transforms")
         if simulate_storage_mb_s:
             target = copy.copy(target)     # leave the caller's dataset as it was
             target.reader = ThrottledReader(target.reader, simulate_storage_mb_s)

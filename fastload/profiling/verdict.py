@@ -144,6 +144,8 @@ def _workers(n: int) -> str:
 
 def storage_case(report: dict) -> str | None:
     st = report.storage or {}
+    if (st.get("remote") or {}).get("stream", {}).get("records"):
+        return "remote"
     have = [c for c in ("warm", "cold") if isinstance(st.get(c), dict) and "random" in st[c]]
     if not have:
         return None
@@ -158,7 +160,11 @@ def ceilings(report: dict) -> dict[str, Ceiling]:
     """Samples/s each stage could sustain alone, with what backs the number."""
     out: dict = {}
     case = storage_case(report)
-    if case:
+    if case == "remote":
+        r = report.storage["remote"]["stream"]
+        out["storage"] = Ceiling(r["records_s"], "records read from the URL in the block order through the "
+                                 "read-ahead, one reader", mb_s=r["mb_s"], case=case)
+    elif case:
         r = report.storage[case]["random"]
         out["storage"] = Ceiling(r["records_s"], f"random record reads, page cache {case}, one reader",
                                  mb_s=r["mb_s"], case=case)
@@ -355,6 +361,14 @@ def _model(report, c, stall, supply, v) -> None:
 def _storage(report, c, lim, supply, v) -> None:
     st = report.storage
     case = lim.case
+    if case == "remote":
+        r = st["remote"]["stream"]
+        v.headline = (f"Storage-bound: the URL delivers {_f(lim.samples_s)} records/s ({r['mb_s']:,.1f} MB/s) "
+                      "through the read-ahead" + (f"; the loader reached {_f(supply)} samples/s." if supply else ".")
+                      + _next_txt(v))
+        v.actions.append("More bandwidth to the storage (a closer region or endpoint); later epochs read from "
+                         "cache_dir when cache_limit holds the dataset.")
+        return
     r = st[case]["random"]
     per_rec = r["bytes"] / max(r["records"], 1)
     v.headline = (f"Storage-bound: random reads deliver {_f(lim.samples_s)} records/s "
@@ -464,7 +478,7 @@ def _raw_estimate(report) -> str | None:
     st = report.storage or {}
     out_shape = tgt.get("output_shape")
     case = storage_case(report)
-    if not out_shape or not case:
+    if not out_shape or not case or case == "remote":    # bigger records over the network: no gain to promise
         return None
     side = max(out_shape[:2])
     raw_side = 2 * side if tgt.get("random_crop") else side

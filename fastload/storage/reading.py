@@ -54,12 +54,74 @@ def larger_than_memory(reader: DatasetReader) -> bool:
     return reader.manifest.num_bytes > ram
 
 
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _stat(path: str, keys: tuple[str, ...]) -> int:
+    total = 0
+    try:
+        with open(path) as f:
+            for line in f:
+                k, _, v = line.partition(" ")
+                if k in keys and v.strip().isdigit():
+                    total += int(v)
+    except OSError:
+        pass
+    return total
+
+
+def memory_budget() -> int | None:
+    """Bytes of page cache this process can hold: MemAvailable, or less where its memory cgroup (v1 or
+    v2) has a lower limit (the limit less the group's anonymous and mapped memory). None: unknown."""
+    budget = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    budget = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return budget
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" and path:                       # v2
+            d = f"/sys/fs/cgroup{path}"
+            limit = _read_int(f"{d}/memory.max")
+            used = _stat(f"{d}/memory.stat", ("anon", "file_mapped", "shmem"))
+        elif "memory" in controllers.split(","):             # v1
+            d = f"/sys/fs/cgroup/memory{path}"
+            limit = _read_int(f"{d}/memory.limit_in_bytes")
+            used = _stat(f"{d}/memory.stat", ("total_rss", "total_mapped_file", "total_shmem"))
+        else:
+            continue
+        if limit is not None and limit < 1 << 60:
+            free = max(limit - used, 0)
+            budget = free if budget is None else min(budget, free)
+    return budget
+
+
 def read_ahead_for(reader: DatasetReader, table: BlockTable, sequence: np.ndarray, behind: int, step: int = 64,
                    ahead_bytes: int = DEFAULT_AHEAD_BYTES, concurrency: int = 8) -> ReadAhead:
     """Start the read-ahead of one pass. Remote: refuses (with the numbers) a ``cache_limit`` too small for
-    the blocks that must be on disk at once, and lowers the depth to what the limit allows."""
+    the blocks that must be on disk at once, and lowers the depth to what the limit allows. Local: advises
+    at most half the page cache the process can hold (:func:`memory_budget`), so that pages read ahead are
+    not evicted again before they are used (which would turn the read-ahead into page faults)."""
     from fastload.storage.remote import RemoteDatasetReader
     if not isinstance(reader, RemoteDatasetReader):
+        budget = memory_budget()
+        if budget is not None:
+            floor = peak_in_use_bytes(table, sequence, behind + step) + (int(table.nbytes.max()) if len(table) else 0)
+            ahead_bytes = min(ahead_bytes, max(budget // 2, floor))
         return ReadAhead(table, sequence, ahead_bytes=ahead_bytes, behind=behind, concurrency=2, step=step,
                          local_files=[Path(p) for p in reader.shard_paths])
     cache = reader.cache

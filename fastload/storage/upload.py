@@ -11,6 +11,17 @@ from fastload.storage.filesystem import filesystem
 from fastload.storage.url import join, protocol
 
 
+def dataset_exists(url: str, storage_options: dict | None = None) -> bool:
+    """True when ``url`` holds a dataset (a ``manifest.json``)."""
+    fs = filesystem(url, storage_options)
+    url = url.rstrip("/")
+    base = url if protocol(url) in ("http", "https") else fs._strip_protocol(url)
+    try:
+        return bool(fs.exists(join(base, MANIFEST)))
+    except (OSError, ValueError) as e:
+        raise StorageError(f"cannot look for a dataset there: {type(e).__name__}: {e}", url) from None
+
+
 def upload_dataset(local: str | os.PathLike, url: str, storage_options: dict | None = None) -> int:
     """Upload the dataset directory ``local`` to ``url``; returns the bytes uploaded."""
     m = read_manifest(local)         # a complete dataset only
