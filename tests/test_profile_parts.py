@@ -214,3 +214,23 @@ def test_verdict_rules():
     assert any("native JPEG path is off: not built (apt-get install x)" in a for a in decide(rep).actions)
     rep.cpu.decode_stats.native = {"available": True, "why": ""}
     assert not any("native JPEG path" in a for a in decide(rep).actions)
+
+
+def test_a_misspelt_measurement_is_an_error_not_unknown():
+    # the point of typed results: a typo fails where it is made, it does not read back as None / "unknown"
+    with pytest.raises(TypeError, match="samples_per_s"):
+        SweepPoint(workers=1, prefetch=2, batches=3, seconds=1.0, samples_per_s=100.0)
+    with pytest.raises(TypeError, match="stall_pc"):
+        StallProbe(loader="x", step="y", steps=3, stall_pc=12.0)
+    with pytest.raises(TypeError):
+        SweepPoint(1, 2, 3, 1.0)                  # keyword-only: no silent positional mix-up
+    with pytest.raises(ValueError, match="decod"):
+        StageCost(name="decode", kind="decod", wall_ms=1.0, cpu_ms=1.0, share=1.0)
+    rep = _report(storage_rps=5000, cpu_s=1000, loader=950, demand=3000, stall=68.0)
+    with pytest.raises(AttributeError):
+        rep.stall.stall_pc
+    # the JSON path: unset measurements are left out, private spans never written, floats rounded
+    p = _point(2, 2, 123.456789, spans=[("read", 0, 1.0, 0.5)])
+    d = p.to_dict()
+    assert "spans" not in d and "other_cores_busy" not in d and "first_batch_s" in d and d["samples_s"] == 123.4568
+    assert json.loads(ProfileReport(sweep=Sweep(seconds=1.0, points=[p])).to_json())["sweep"]["points"] == [d]
