@@ -229,6 +229,8 @@ def test_a_misspelt_measurement_is_an_error_not_unknown():
     rep = _report(storage_rps=5000, cpu_s=1000, loader=950, demand=3000, stall=68.0)
     with pytest.raises(AttributeError):
         rep.stall.stall_pc
+    with pytest.raises(AttributeError):
+        rep.stall.stall_pc = 12.0                 # results have slots: no new attribute by accident
     # the JSON path: unset measurements are left out, private spans never written, floats rounded
     p = _point(2, 2, 123.456789, spans=[("read", 0, 1.0, 0.5)])
     d = p.to_dict()

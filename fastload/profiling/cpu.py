@@ -27,7 +27,7 @@ class StageKind(str, Enum):
     FETCH = "fetch"
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class StageCost(Result):
     """One stage's per-sample cost: wall and CPU ms, and its share of the pipeline's CPU time."""
 
@@ -42,7 +42,7 @@ class StageCost(Result):
         self.kind = StageKind(self.kind)        # a kind that is not one raises here, not "unknown" later
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class StageCosts(Result):
     """Every stage's per-sample cost over ``samples`` samples, and their sums."""
 
@@ -53,7 +53,7 @@ class StageCosts(Result):
     cpu_ms: float
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class FusedCost(Result):
     """The per-sample path as the loader runs it (fused, no laps between stages)."""
 
@@ -62,7 +62,7 @@ class FusedCost(Result):
     cpu_ms: float
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class CpuCeiling(Result):
     """Samples/s ``cores`` cores could sustain doing nothing but this work."""
 
@@ -71,7 +71,7 @@ class CpuCeiling(Result):
     samples_s: float
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class DecodeCounts(Result):
     """What the image decode ops did while the CPU phase ran (DCT downscales, PIL fallbacks, crops decoded
     only where they read) and the native decode path's state (``fastload.ops.jpeg.native_decoder()``)."""
@@ -83,7 +83,7 @@ class DecodeCounts(Result):
     native: dict | None = omitted()
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class MaxSideWhatIf(Result):
     """Decode+crop cost and record size measured on copies re-encoded at ``--max-side max_side``."""
 
@@ -96,7 +96,7 @@ class MaxSideWhatIf(Result):
     bytes_after: float
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class PipelineCompare(Result):
     """An ImageFolder's PIL pipeline against fastload's fused ops on the same files. The report's top-level
     copy leaves out ``fastload_stages`` (they are in ``cpu.compare``)."""
@@ -112,7 +112,7 @@ class PipelineCompare(Result):
     note: str
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class CpuCost(Result):
     """The CPU phase: each stage's cost one sample at a time, the fused path, and the ceiling that gives."""
 

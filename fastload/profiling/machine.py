@@ -10,7 +10,7 @@ from .cpu import usable_cores
 from .result import Result
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class Machine(Result):
     """The machine the numbers were measured on (None: not known here)."""
 

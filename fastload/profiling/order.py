@@ -22,7 +22,7 @@ class ShuffleQuality(OrderQuality, Result):
         return cls(**asdict(q), text=str(q))
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class ReadAheadRun(Result):
     """One loader run's read-ahead counters (``fastload.storage.prefetch.ReadAheadStats``)."""
 
@@ -33,7 +33,7 @@ class ReadAheadRun(Result):
     peak_pinned_bytes: int
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class OrderReport(Result):
     """Shuffle quality and read-ahead counters of the block-ordered loaders that ran."""
 

@@ -25,7 +25,7 @@ def _mb(b: float | None) -> str:
     return f"{b / 1e9:,.2f} GB" if b >= 1e9 else f"{b / 1e6:,.1f} MB"
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class ProfileSettings(Result):
     """How the profile was asked to run."""
 
@@ -65,10 +65,7 @@ class ProfileReport:
     def bound(self) -> Bound:
         return self.verdict.bound
 
-    # each phase as measured: None when it did not run or was skipped
-    def measured_storage(self) -> StorageProbe | RemoteStorageProbe | None:
-        return None if self.storage is None or self.storage.skipped else self.storage
-
+    # the phases the verdict and the plot read: None when they did not run or were skipped
     def measured_cpu(self) -> CpuCost | None:
         return self.cpu if isinstance(self.cpu, CpuCost) else None
 

@@ -66,15 +66,17 @@ def fields_json(obj: Any) -> dict:
 
 
 class Result:
-    """Base of the profiler's result dataclasses: ``to_dict()`` (JSON-ready) and ``skipped`` (None: it ran)."""
+    """Base of the profiler's result dataclasses: ``to_dict()`` (JSON-ready) and ``skipped`` (None: it ran).
+    The results have slots, so that assigning a misspelt attribute raises too."""
 
+    __slots__ = ()
     skipped: str | None = None
 
     def to_dict(self) -> dict:
         return fields_json(self)
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, slots=True)
 class Skipped(Result):
     """A phase (or part of one) that did not run, and why; ``{"skipped": why}`` in the JSON."""
 

@@ -28,7 +28,7 @@ MAIN, COPY = 0, 1   # thread ids in the trace
 _END = object()     # the copy thread's "no more batches"
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class CopyOverlap(Result):
     """The copy stage of the stall run: its rate, and how much of it the step hid."""
 
@@ -42,7 +42,7 @@ class CopyOverlap(Result):
     hidden_pct: float
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class StallProbe(Result):
     """The stall run: the loader feeding a step, and the share of each step spent waiting for data. Until a
     run finishes (Ctrl-C in it) only ``loader``, ``step`` and ``steps`` are set."""

@@ -145,7 +145,7 @@ class FileRecords:
 
 
 # -- what the probes measured ---------------------------------------------------------------------------
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class SequentialRead(Result):
     """The files read front to back in 4 MiB chunks."""
 
@@ -154,7 +154,7 @@ class SequentialRead(Result):
     mb_s: float
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class RandomRead(Result):
     """Records read in a shuffled order, one reader."""
 
@@ -165,7 +165,7 @@ class RandomRead(Result):
     mb_s: float
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class CacheCase(Result):
     """Sequential and random reads with the page cache in one state (cold: after eviction, with the fraction
     of pages that really left; warm: after a read)."""
@@ -176,7 +176,7 @@ class CacheCase(Result):
     random: RandomRead
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class StorageProbe(Result):
     """The storage phase on local files: cold (unless turned off; or why it could not be measured) and warm."""
 
@@ -194,7 +194,7 @@ class StorageProbe(Result):
         return c if isinstance(c, CacheCase) else None
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class RangeGets(Result):
     """Whole blocks fetched with one range GET at a time."""
 
@@ -205,7 +205,7 @@ class RangeGets(Result):
     ms_per_get: float
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class ParallelGets(Result):
     """Whole blocks fetched with ``streams`` range GETs in flight (as the read-ahead fetches)."""
 
@@ -216,7 +216,7 @@ class ParallelGets(Result):
     mb_s: float
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class StreamPass(Result):
     """Records read in the block order with the read-ahead filling the cache (no decode, one reader)."""
 
@@ -230,7 +230,7 @@ class StreamPass(Result):
     order: Any                   # and of its fastload.loader.block_order.OrderQuality
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class RemoteReads(Result):
     """A dataset behind a URL: its blocks by range GET, one and several at a time, then a stream pass."""
 
@@ -245,7 +245,7 @@ class RemoteReads(Result):
     stream: StreamPass
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class RemoteStorageProbe(Result):
     """The storage phase of a dataset behind a URL (``remote``), with its file count and size."""
 

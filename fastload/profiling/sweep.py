@@ -15,7 +15,7 @@ from .resources import TreeMonitor
 from .result import Result, omitted, private
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class SweepPoint(Result):
     """One loader run at ``workers`` / ``prefetch``: throughput after the first batch, time to it, what the
     batches hold, CPU and memory of the process tree, and (fastload's loader) its stages' times."""
@@ -43,7 +43,7 @@ class SweepPoint(Result):
     spans: list = private()        # the loader's (stage, worker, start, seconds), for the trace
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class Sweep(Result):
     """The loader phase: the points measured, the best one, and the knee (fewest workers near the best)."""
 

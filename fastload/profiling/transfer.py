@@ -18,7 +18,7 @@ from .sweep import leaves
 NO_CUDA = "no CUDA: host-to-device copies not measured"
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class TransferProbe(Result):
     """The transfer phase: host-to-device copy rates of one batch's bytes (with CUDA), and the simulated rate
     the stall run's copy used, if one was asked for."""
