@@ -114,7 +114,8 @@ def test_report_json_keeps_its_keys(small_ds):
         keys(d["cpu"][part], f"cpu.{part}")
     points = [*d["sweep"]["points"], d["sweep"]["knee"], d["sweep"]["best"]]
     for p in points:
-        keys(p, "sweep.point", {"workers_busy"} if p["workers"] else set())
+        # with workers: how busy they were (and, from the loader's wait-for-slot stage, how long they idled)
+        keys(p, "sweep.point", {"workers_busy", "workers_waiting_for_slot"} if p["workers"] else set())
         assert p["workers"] == 0 or "workers_busy" in p
     keys(d["stall"]["copy"], "stall.copy")
     assert set(d["verdict"]) >= {"bound", "resource", "headline", "ceilings", "evidence", "actions"}
