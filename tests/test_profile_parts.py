@@ -12,8 +12,13 @@ import pytest
 
 from fastload.profiling import chrome_trace, validate_trace
 from fastload.profiling.resources import TreeMonitor
-from fastload.profiling.storage import FileRecords, ThrottledReader, evict, page_residency, probe_storage
-from fastload.profiling.sweep import knee
+from fastload.profiling.cpu import CpuCeiling, CpuCost, DecodeCounts, FusedCost, StageCost
+from fastload.profiling.machine import Machine
+from fastload.profiling.result import Skipped
+from fastload.profiling.stall import StallProbe
+from fastload.profiling.storage import (CacheCase, FileRecords, RandomRead, SequentialRead, StorageProbe,
+                                        ThrottledReader, evict, page_residency, probe_storage)
+from fastload.profiling.sweep import Sweep, SweepPoint, knee
 from fastload.profiling.report import ProfileReport
 from fastload.profiling.verdict import Bound, Resource, Verdict, decide
 
@@ -25,14 +30,15 @@ def test_cold_probe_really_evicts_or_says_why(tmp_path):
         p.write_bytes(os.urandom(2 << 20))
         files.append(str(p))
     rep = probe_storage(files, lambda: FileRecords(files), cold=True, seconds=0.3)
-    assert rep["bytes"] == 8 << 20
-    cold = rep["cold"]
-    if "skipped" in cold:
-        assert "page cache" in cold["skipped"]          # e.g. tmpfs: honest about it
+    assert rep.bytes == 8 << 20
+    cold = rep.cold
+    if cold.skipped:
+        assert isinstance(cold, Skipped) and "page cache" in cold.skipped          # e.g. tmpfs: honest about it
+        assert rep.to_dict()["cold"] == {"skipped": cold.skipped}
     else:
-        assert cold["resident_after_evict"] <= 0.5
-        assert cold["random"]["records"] == 4 and cold["sequential"]["bytes"] == 8 << 20
-    assert rep["warm"]["random"]["records_s"] > 0
+        assert cold.resident_after_evict <= 0.5
+        assert cold.random.records == 4 and cold.sequential.bytes == 8 << 20
+    assert rep.warm.random.records_s > 0
     res = page_residency(files)
     assert res is None or res > 0.9                      # the warm pass left them cached
 
@@ -138,29 +144,34 @@ def test_trace_format_and_validator():
     assert len(validate_trace(bad)) == 4
 
 
+def _point(workers, prefetch, samples_s, **kw):
+    return SweepPoint(workers=workers, prefetch=prefetch, samples_s=samples_s, batches=10, seconds=1.0, **kw)
+
+
 def test_knee_is_the_fewest_workers_near_the_best():
-    pts = [{"workers": 0, "prefetch": None, "samples_s": 100}, {"workers": 1, "prefetch": 2, "samples_s": 180},
-           {"workers": 2, "prefetch": 2, "samples_s": 330}, {"workers": 4, "prefetch": 2, "samples_s": 350}]
-    assert knee(pts)["workers"] == 2
+    pts = [_point(0, None, 100), _point(1, 2, 180), _point(2, 2, 330), _point(4, 2, 350)]
+    assert knee(pts).workers == 2
     assert knee([]) is None
 
 
 def _report(storage_rps=None, cpu_s=None, loader=None, demand=None, stall=None, top="decode", others=None):
-    rep = ProfileReport(machine={"cores": 4, "memory_bytes": 64e9})
+    rep = ProfileReport(machine=Machine(cores=4, memory_bytes=64e9))
     if storage_rps is not None:
-        rep.storage = {"bytes": 1e9, "warm": {"sequential": {"mb_s": 2000},
-                                                 "random": {"records_s": storage_rps, "mb_s": storage_rps * 0.1,
-                                                            "bytes": 100_000, "records": 1}}}
+        rep.storage = StorageProbe(files=1, bytes=1e9, warm=CacheCase(
+            sequential=SequentialRead(bytes=10**9, seconds=0.5, mb_s=2000),
+            random=RandomRead(records_s=storage_rps, mb_s=storage_rps * 0.1, bytes=100_000, records=1, seconds=1)))
     if cpu_s is not None:
-        rep.cpu = {"per_sample_cpu_ms": 4e3 / cpu_s, "ceiling": {"cores": 4, "per_core": cpu_s / 4, "samples_s": cpu_s},
-                      "stages": [{"name": "read", "kind": "read", "cpu_ms": 0.01, "share": 0.01},
-                                 {"name": top, "kind": top, "cpu_ms": 4e3 / cpu_s, "share": 0.99}]}
+        rep.cpu = CpuCost(per_sample_cpu_ms=4e3 / cpu_s, ceiling=CpuCeiling(cores=4, per_core=cpu_s / 4, samples_s=cpu_s),
+                          samples=10, wall_ms=4e3 / cpu_s, cpu_ms=4e3 / cpu_s,
+                          fused=FusedCost(samples=10, wall_ms=4e3 / cpu_s, cpu_ms=4e3 / cpu_s),
+                          stages=[StageCost(name="read", kind="read", wall_ms=0.01, cpu_ms=0.01, share=0.01),
+                                  StageCost(name=top, kind=top, wall_ms=4e3 / cpu_s, cpu_ms=4e3 / cpu_s, share=0.99)])
     if loader is not None:
-        rep.sweep = {"points": [{"workers": 4, "prefetch": 2, "samples_s": loader, "bytes_per_sample": 150_000,
-                                    "other_cores_busy": others}]}
+        rep.sweep = Sweep(seconds=1.0, points=[_point(4, 2, loader, bytes_per_sample=150_000,
+                                                      other_cores_busy=others)])
     if demand is not None:
-        rep.stall = {"demand_s": demand, "stall_pct": stall, "step_ms": 100, "wait_ms": 1, "batch_size": 64,
-                        "samples_s": min(demand, loader or demand)}
+        rep.stall = StallProbe(demand_s=demand, stall_pct=stall, step_ms=100, wait_ms=1, batch_size=64, steps=10,
+                               samples_s=min(demand, loader or demand))
     return rep
 
 
@@ -190,7 +201,7 @@ def test_verdict_rules():
     assert v.factor == pytest.approx(5.0)
     # the loader alone outruns the step, yet the step waits: loading does not overlap the step
     rep = _report(storage_rps=5000, cpu_s=1000, loader=950, demand=400, stall=30.0)
-    rep.stall["num_workers"] = 0
+    rep.stall.num_workers = 0
     v = decide(rep)
     assert v.bound == "loader" and "no overlap" in v.headline and "num_workers >= 1" in v.actions[0]
     # other processes eating cores shrink the CPU ceiling the pipeline can reach
@@ -198,7 +209,30 @@ def test_verdict_rules():
     assert v.bound == "decode" and v.ceilings["cpu"].samples_s == pytest.approx(500)
     # decode-bound without the native JPEG path: say why it is off and what to do
     rep = _report(storage_rps=5000, cpu_s=1000, loader=950)
-    rep.cpu["decode_stats"] = {"native": {"available": False, "why": "not built (apt-get install x)"}}
+    rep.cpu.decode_stats = DecodeCounts(decoded=10, pil_fallback=0, partial=0, dct_scaled={},
+                                        native={"available": False, "why": "not built (apt-get install x)"})
     assert any("native JPEG path is off: not built (apt-get install x)" in a for a in decide(rep).actions)
-    rep.cpu["decode_stats"]["native"] = {"available": True, "why": ""}
+    rep.cpu.decode_stats.native = {"available": True, "why": ""}
     assert not any("native JPEG path" in a for a in decide(rep).actions)
+
+
+def test_a_misspelt_measurement_is_an_error_not_unknown():
+    # the point of typed results: a typo fails where it is made, it does not read back as None / "unknown"
+    with pytest.raises(TypeError, match="samples_per_s"):
+        SweepPoint(workers=1, prefetch=2, batches=3, seconds=1.0, samples_per_s=100.0)
+    with pytest.raises(TypeError, match="stall_pc"):
+        StallProbe(loader="x", step="y", steps=3, stall_pc=12.0)
+    with pytest.raises(TypeError):
+        SweepPoint(1, 2, 3, 1.0)                  # keyword-only: no silent positional mix-up
+    with pytest.raises(ValueError, match="decod"):
+        StageCost(name="decode", kind="decod", wall_ms=1.0, cpu_ms=1.0, share=1.0)
+    rep = _report(storage_rps=5000, cpu_s=1000, loader=950, demand=3000, stall=68.0)
+    with pytest.raises(AttributeError):
+        rep.stall.stall_pc
+    with pytest.raises(AttributeError):
+        rep.stall.stall_pc = 12.0                 # results have slots: no new attribute by accident
+    # the JSON path: unset measurements are left out, private spans never written, floats rounded
+    p = _point(2, 2, 123.456789, spans=[("read", 0, 1.0, 0.5)])
+    d = p.to_dict()
+    assert "spans" not in d and "other_cores_busy" not in d and "first_batch_s" in d and d["samples_s"] == 123.4568
+    assert json.loads(ProfileReport(sweep=Sweep(seconds=1.0, points=[p])).to_json())["sweep"]["points"] == [d]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {"profile": "profiler", "ProfileReport": "report", "ThrottledReader": "storage",
-         "chrome_trace": "trace", "validate_trace": "trace"}
+         "Skipped": "result", "chrome_trace": "trace", "validate_trace": "trace"}
 
 __all__ = list(_LAZY)
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Sequence
+
+from .result import Result, omitted
 
 
 class StageKind(str, Enum):
@@ -22,6 +25,112 @@ class StageKind(str, Enum):
     NORMALIZE = "normalize"
     COLLATE = "collate"
     FETCH = "fetch"
+
+
+@dataclass(kw_only=True, slots=True)
+class StageCost(Result):
+    """One stage's per-sample cost: wall and CPU ms, and its share of the pipeline's CPU time."""
+
+    name: str
+    kind: StageKind
+    wall_ms: float
+    cpu_ms: float
+    share: float
+    note: str | None = omitted()
+
+    def __post_init__(self) -> None:
+        self.kind = StageKind(self.kind)        # a kind that is not one raises here, not "unknown" later
+
+
+@dataclass(kw_only=True, slots=True)
+class StageCosts(Result):
+    """Every stage's per-sample cost over ``samples`` samples, and their sums."""
+
+    samples: int
+    stages: list[StageCost]
+    source: str | None = omitted()       # where the times come from, when not this module's clock
+    wall_ms: float
+    cpu_ms: float
+
+
+@dataclass(kw_only=True, slots=True)
+class FusedCost(Result):
+    """The per-sample path as the loader runs it (fused, no laps between stages)."""
+
+    samples: int
+    wall_ms: float
+    cpu_ms: float
+
+
+@dataclass(kw_only=True, slots=True)
+class CpuCeiling(Result):
+    """Samples/s ``cores`` cores could sustain doing nothing but this work."""
+
+    cores: int
+    per_core: float
+    samples_s: float
+
+
+@dataclass(kw_only=True, slots=True)
+class DecodeCounts(Result):
+    """What the image decode ops did while the CPU phase ran (DCT downscales, PIL fallbacks, crops decoded
+    only where they read) and the native decode path's state (``fastload.ops.jpeg.native_decoder()``)."""
+
+    decoded: int
+    pil_fallback: int
+    partial: int
+    dct_scaled: dict[str, int]
+    native: dict | None = omitted()
+
+
+@dataclass(kw_only=True, slots=True)
+class MaxSideWhatIf(Result):
+    """Decode+crop cost and record size measured on copies re-encoded at ``--max-side max_side``."""
+
+    max_side: int
+    median_side: int
+    samples: int
+    cpu_ms_before: float
+    cpu_ms_after: float
+    bytes_before: float
+    bytes_after: float
+
+
+@dataclass(kw_only=True, slots=True)
+class PipelineCompare(Result):
+    """An ImageFolder's PIL pipeline against fastload's fused ops on the same files. The report's top-level
+    copy leaves out ``fastload_stages`` (they are in ``cpu.compare``)."""
+
+    pil_cpu_ms: float
+    fastload_cpu_ms: float
+    gain: float
+    pil_ceiling_s: float
+    fastload_ceiling_s: float
+    fastload_pipeline: str
+    fastload_stages: list[StageCost] | None = omitted()
+    fastload_fused: FusedCost
+    note: str
+
+
+@dataclass(kw_only=True, slots=True)
+class CpuCost(Result):
+    """The CPU phase: each stage's cost one sample at a time, the fused path, and the ceiling that gives."""
+
+    samples: int
+    stages: list[StageCost]
+    source: str | None = omitted()
+    wall_ms: float
+    cpu_ms: float
+    fused: FusedCost
+    per_sample_cpu_ms: float
+    ceiling: CpuCeiling
+    decode_stats: DecodeCounts | None = omitted()
+    compare: PipelineCompare | None = omitted()
+    what_if_max_side: MaxSideWhatIf | None = omitted()
+
+    def top_stage(self) -> StageCost | None:
+        """The stage with the most CPU time."""
+        return max(self.stages, key=lambda s: s.cpu_ms) if self.stages else None
 
 
 def usable_cores() -> int:
@@ -60,22 +169,21 @@ class StageClock:
         if note:
             self.notes.setdefault(stage, note)
 
-    def stages(self, samples: int) -> list[dict]:
+    def stages(self, samples: int) -> list[StageCost]:
         """Per-sample means, in the order the stages first ran."""
         n = max(samples, 1)
         total = sum(self.cpu.values()) or 1e-12
-        return [{"name": k, "kind": self.kinds[k], "wall_ms": self.wall[k] / n * 1e3,
-                 "cpu_ms": self.cpu[k] / n * 1e3,
-                 "share": self.cpu[k] / total, **({"note": self.notes[k]} if k in self.notes else {})}
+        return [StageCost(name=k, kind=self.kinds[k], wall_ms=self.wall[k] / n * 1e3, cpu_ms=self.cpu[k] / n * 1e3,
+                          share=self.cpu[k] / total, note=self.notes.get(k))
                 for k in self.wall]
 
 
 def measure_stages(run_one: Callable[[int, StageClock], None], indices: Sequence[int], seconds: float,
                    min_samples: int = 8, warmup: int = 2,
                    run_batch: Callable[[Sequence[int], StageClock], None] | None = None,
-                   batch_size: int = 0) -> dict:
+                   batch_size: int = 0) -> StageCosts:
     """Run ``run_one(i, clock)`` over ``indices`` (stopping after ``seconds`` once ``min_samples`` ran) and
-    return ``{"samples", "stages": [...], "wall_ms", "cpu_ms"}`` per sample. ``run_batch(indices, clock)``,
+    return each stage's cost per sample. ``run_batch(indices, clock)``,
     when given, is timed once per ``batch_size`` samples (collation) and its laps are spread per sample."""
     warm = StageClock()
     for i in list(indices)[:warmup]:          # first decodes allocate buffers, import codecs
@@ -100,12 +208,12 @@ def measure_stages(run_one: Callable[[int, StageClock], None], indices: Sequence
             clock.add(k, bclock.wall[k] / len(batch) * done, bclock.cpu[k] / len(batch) * done,
                       bclock.kinds[k], bclock.notes.get(k, ""))
     stages = clock.stages(done)
-    return {"samples": done, "stages": stages,
-            "wall_ms": sum(s["wall_ms"] for s in stages), "cpu_ms": sum(s["cpu_ms"] for s in stages)}
+    return StageCosts(samples=done, stages=stages, wall_ms=sum(s.wall_ms for s in stages),
+                      cpu_ms=sum(s.cpu_ms for s in stages))
 
 
 def measure_total(run_one: Callable[[int], None], indices: Sequence[int], seconds: float,
-                  min_samples: int = 8) -> dict:
+                  min_samples: int = 8) -> FusedCost:
     """Time the whole per-sample path as the loader runs it (fused), without laps in between."""
     for i in list(indices)[:2]:
         run_one(int(i))
@@ -117,12 +225,12 @@ def measure_total(run_one: Callable[[int], None], indices: Sequence[int], second
         if done >= min_samples and time.perf_counter() - w0 >= seconds:
             break
     n = max(done, 1)
-    return {"samples": done, "wall_ms": (time.perf_counter() - w0) / n * 1e3,
-            "cpu_ms": (time.thread_time() - c0) / n * 1e3}
+    return FusedCost(samples=done, wall_ms=(time.perf_counter() - w0) / n * 1e3,
+                     cpu_ms=(time.thread_time() - c0) / n * 1e3)
 
 
-def cpu_ceiling(cpu_ms_per_sample: float, cores: int | None = None) -> dict:
+def cpu_ceiling(cpu_ms_per_sample: float, cores: int | None = None) -> CpuCeiling:
     """Samples/s that ``cores`` cores could sustain if they did nothing but this work."""
     cores = cores or usable_cores()
     per_core = 1e3 / cpu_ms_per_sample if cpu_ms_per_sample > 0 else float("inf")
-    return {"cores": cores, "per_core": per_core, "samples_s": per_core * cores}
+    return CpuCeiling(cores=cores, per_core=per_core, samples_s=per_core * cores)

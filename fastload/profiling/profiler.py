@@ -6,46 +6,22 @@ comes back (``partial=True``) holds everything measured so far, with a verdict f
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 import warnings
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from . import verdict as verdict_mod
 from .cpu import usable_cores
-from .report import ProfileReport
-from .stall import run_steps
-from .storage import probe_storage
-from .sweep import default_workers, knee, sweep as run_sweep
+from .machine import machine_info
+from .report import ProfileReport, ProfileSettings
+from .result import Skipped
+from .stall import StallProbe, run_steps
+from .storage import RemoteStorageProbe, probe_storage
+from .sweep import Sweep, SweepPoint, default_workers, knee, sweep as run_sweep
 from .targets import resolve
-from .transfer import CopyStage, cuda_available, probe_copy_rate
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    mem = avail = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        with open("/proc/meminfo") as f:
-            for line in f:
-                k, v = line.split(":", 1)
-                if k == "MemTotal":
-                    mem = int(v.split()[0]) * 1024
-                elif k == "MemAvailable":
-                    avail = int(v.split()[0]) * 1024
-    except (OSError, ValueError):
-        pass
-    import torch
-    from fastload import __version__
-    cuda = torch.cuda.get_device_name() if cuda_available() else None
-    return {"cpu": cpu, "cores": usable_cores(), "cpu_count": os.cpu_count(), "memory_bytes": mem,
-            "memory_available_bytes": avail, "cuda": cuda, "python": sys.version.split()[0],
-            "torch": torch.__version__, "fastload": __version__, "platform": platform.platform()}
+from .transfer import NO_CUDA, CopyStage, TransferProbe, cuda_available, probe_copy_rate
 
 
 class _Log:
@@ -96,8 +72,8 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
                   storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit)
     rep.target = tgt.info()
     rep.machine = machine_info()
-    rep.settings = {"steps": steps, "seconds_per_point": seconds, "cold": cold, "seed": seed,
-                       "transfer_gbps_simulated": transfer_gbps, "simulated_storage_mb_s": simulate_storage_mb_s}
+    rep.settings = ProfileSettings(steps=steps, seconds_per_point=seconds, cold=cold, seed=seed,
+                                   transfer_gbps_simulated=transfer_gbps, simulated_storage_mb_s=simulate_storage_mb_s)
     log(f"profiling {rep.target.get('path') or rep.target.get('kind')}: {rep.target.get('kind')}")
     phase = "start"
     try:
@@ -106,17 +82,17 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
         st = tgt.storage() if storage else None
         remote = tgt.remote_storage(seconds, log) if storage else None
         if remote is not None:      # range GETs of whole blocks, then the block order through the read-ahead
-            rep.storage = {"remote": remote, "files": remote["files"], "bytes": remote["bytes"]}
+            rep.storage = RemoteStorageProbe.of(remote)
         elif st is not None:
             paths, make_source = st
             log("storage: reading the dataset's files" + (" (cold, then warm)" if cold else ""))
             rep.storage = probe_storage(paths, make_source, cold=cold, seconds=seconds, log=log, seed=seed,
                                            charge=tgt.storage_charge())
             if tgt.storage_charge() is not None:
-                rep.storage["simulated"] = repr(getattr(tgt, "reader", ""))
+                rep.storage.simulated = repr(getattr(tgt, "reader", ""))
         else:
-            rep.storage = {"skipped": "turned off" if not storage else "the dataset's files are not known "
-                                                                        "(not a fastload or file-backed dataset)"}
+            rep.storage = Skipped(skipped="turned off" if not storage else "the dataset's files are not known "
+                                                                           "(not a fastload or file-backed dataset)")
         # 2. CPU stages ------------------------------------------------------------------------------
         phase = "cpu"
         if cpu:
@@ -128,26 +104,25 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
                 c = tgt.cpu(seconds, log)
             finally:
                 torch.set_num_threads(threads)
-            rep.cpu = c if c is not None else {"skipped": "the dataset cannot be indexed (iterable)"}
+            rep.cpu = c if c is not None else Skipped(skipped="the dataset cannot be indexed (iterable)")
             if c:
-                if c.get("compare"):
-                    rep.compare = {k: v for k, v in c["compare"].items() if not k.startswith("fastload_st")}
-                log(f"cpu: {c['per_sample_cpu_ms']:.2f} ms per sample -> {c['ceiling']['samples_s']:,.0f}/s "
-                    f"on {c['ceiling']['cores']} cores")
+                if c.compare:
+                    rep.compare = replace(c.compare, fastload_stages=None)   # those are in cpu.compare
+                log(f"cpu: {c.per_sample_cpu_ms:.2f} ms per sample -> {c.ceiling.samples_s:,.0f}/s "
+                    f"on {c.ceiling.cores} cores")
         # 3. loader sweep ----------------------------------------------------------------------------
         phase = "sweep"
         if sweep and tgt.can_sweep():
             ws = list(workers) if workers is not None else default_workers(usable_cores())
-            sw = {"loader": "", "seconds": seconds, "points": []}
-            rep.sweep = sw
+            sw = rep.sweep = Sweep(seconds=seconds)
             probe_loader = tgt.make_loader(0, None)
-            sw["loader"] = f"{type(probe_loader).__module__}.{type(probe_loader).__name__}"
+            sw.loader = f"{type(probe_loader).__module__}.{type(probe_loader).__name__}"
             del probe_loader
             log(f"sweep: num_workers in {ws}, prefetch {list(prefetch)}")
-            run_sweep(tgt.make_loader, ws, list(prefetch), seconds, log=log, points=sw["points"])
+            run_sweep(tgt.make_loader, ws, list(prefetch), seconds, log=log, points=sw.points)
         elif sweep:
-            rep.sweep = {"skipped": "only map-style torch DataLoaders and datasets can be rebuilt with "
-                                       "other worker counts"}
+            rep.sweep = Skipped(skipped="only map-style torch DataLoaders and datasets can be rebuilt with "
+                                        "other worker counts")
         _finish_sweep(rep)
         # 4. transfer ------------------------------------------------------------------------------
         phase = "transfer"
@@ -155,9 +130,9 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
         if cuda_available():
             rep.transfer = probe_copy_rate(int((bps or 1 << 20) * tgt.batch_size))
         else:
-            rep.transfer = {"cuda": False, "note": "no CUDA: host-to-device copies not measured"}
+            rep.transfer = TransferProbe(cuda=False, note=NO_CUDA)
         if transfer_gbps:
-            rep.transfer["simulated_gb_s"] = transfer_gbps
+            rep.transfer.simulated_gb_s = transfer_gbps
         # 5. stall ---------------------------------------------------------------------------------
         phase = "stall"
         if steps > 0:
@@ -167,8 +142,9 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
             elif cuda_available():
                 copy = CopyStage()
             # the step runs while workers build the next batches: the best run that had workers
-            pts = [p for p in (rep.sweep or {}).get("points", []) if p.get("workers") and p.get("samples_s")]
-            best = max(pts, key=lambda p: p["samples_s"]) if pts else verdict_mod.best_point(rep)
+            sw = rep.measured_sweep()
+            pts = [p for p in (sw.points if sw else []) if p.workers and p.samples_s]
+            best = max(pts, key=lambda p: p.samples_s) if pts else verdict_mod.best_point(rep)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*worker processes in total.*")
                 loader = tgt.stall_loader(best)
@@ -176,7 +152,7 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
             if hasattr(loader, "num_workers"):
                 desc += f"(num_workers={loader.num_workers})"
             log(f"stall: {steps} steps of {desc}" + (f" with {copy.describe()}" if copy else ""))
-            rep.stall = {"loader": desc, "step": "", "steps": 0}
+            rep.stall = StallProbe(loader=desc)      # what a Ctrl-C during the run leaves
             done = [0]
 
             def tick(k: int) -> None:
@@ -185,15 +161,15 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
                     log(f"stall: {k}/{steps} steps")
             res = run_steps(loader, steps, step=step, step_time=step_time, rate=target_rate, copy=copy,
                             on_step=tick)
-            res["loader"] = desc
+            res.loader = desc
             if hasattr(loader, "num_workers"):
-                res["num_workers"] = loader.num_workers
-            rep.spans = res.pop("_spans", [])
+                res.num_workers = loader.num_workers
+            rep.spans = res.spans
             rep.stall = res
-            if res.get("steps"):
-                log(f"stall: wait {res['wait_ms']:.2f} ms + step {res['step_ms']:.2f} ms per step; "
-                    + (f"data stall {res['stall_pct']:.1f}%" if res.get("demand_s") else
-                       f"{res['samples_s']:,.0f} samples/s"))
+            if res.steps:
+                log(f"stall: wait {res.wait_ms:.2f} ms + step {res.step_ms:.2f} ms per step; "
+                    + (f"data stall {res.stall_pct:.1f}%" if res.demand_s else
+                       f"{res.samples_s:,.0f} samples/s"))
         phase = "done"
     except KeyboardInterrupt:
         rep.partial = True
@@ -217,23 +193,21 @@ def profile(target: Any, *, steps: int = 50, step: Callable[[Any], Any] | None =
     return rep
 
 
-def _best_with_workers(points: list) -> dict | None:
-    pts = [p for p in points if p.get("workers") and p.get("samples_s") and p.get("_spans")]
-    return max(pts, key=lambda p: p["samples_s"]) if pts else None
+def _best_with_workers(points: list[SweepPoint]) -> SweepPoint | None:
+    pts = [p for p in points if p.workers and p.samples_s and p.spans]
+    return max(pts, key=lambda p: p.samples_s) if pts else None
 
 
 def _finish_sweep(rep: ProfileReport) -> None:
-    sw = rep.sweep
-    if not sw or not sw.get("points"):
+    sw = rep.measured_sweep()
+    if sw is None or not sw.points:
         return
-    sw["knee"] = {k: v for k, v in (knee(sw["points"]) or {}).items() if not k.startswith("_")}
-    best = verdict_mod.best_point(rep)
-    sw["best"] = {k: v for k, v in (best or {}).items() if not k.startswith("_")}
-    keep = _best_with_workers(sw["points"])
-    for p in sw["points"]:
-        p.pop("_stats", None)
+    sw.knee = knee(sw.points)
+    sw.best = verdict_mod.best_point(rep)
+    keep = _best_with_workers(sw.points)
+    for p in sw.points:
         if p is not keep:
-            p.pop("_spans", None)
+            p.spans = []
 
 
 def _trace_spans(rep: ProfileReport) -> list:
@@ -241,12 +215,12 @@ def _trace_spans(rep: ProfileReport) -> list:
     any ran), each run marked by a span on the main process's "profile" track."""
     runs = []
     stall = rep.spans or []
-    pts = (rep.sweep or {}).get("points", [])
-    mw = _best_with_workers(pts)
+    sw = rep.measured_sweep()
+    mw = _best_with_workers(sw.points if sw else [])
     if mw is not None and not any(w >= 0 for _, w, _, _ in stall):
-        runs.append((f"sweep run: {mw['workers']} workers, prefetch {mw.get('prefetch')}", mw["_spans"]))
+        runs.append((f"sweep run: {mw.workers} workers, prefetch {mw.prefetch}", mw.spans))
     if stall:
-        runs.append((f"stall run: {(rep.stall or {}).get('loader', '')}", stall))
+        runs.append((f"stall run: {rep.stall.loader if rep.stall else ''}", stall))
     out = []
     for label, spans in runs:
         t0 = min(s for _, _, s, _ in spans)

@@ -16,14 +16,63 @@ import queue
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .resources import TreeMonitor
 from . import loader_stats
+from .result import Result, fields_json, omitted, private
 from .sweep import batch_nbytes, batch_samples, shutdown
 
 MAIN, COPY = 0, 1   # thread ids in the trace
 _END = object()     # the copy thread's "no more batches"
+
+
+@dataclass(kw_only=True, slots=True)
+class CopyOverlap(Result):
+    """The copy stage of the stall run: its rate, and how much of it the step hid."""
+
+    simulated: bool
+    what: str
+    bytes: int
+    ms_per_batch: float
+    gb_s: float
+    exposed_ms_per_step: float         # of each step's wait, the part spent on the copy
+    loader_wait_ms_per_step: float     # and the part spent on the loader
+    hidden_pct: float
+
+
+@dataclass(kw_only=True, slots=True)
+class StallProbe(Result):
+    """The stall run: the loader feeding a step, and the share of each step spent waiting for data. Until a
+    run finishes (Ctrl-C in it) only ``loader``, ``step`` and ``steps`` are set."""
+
+    loader: str = ""
+    step: str = ""
+    simulated_step: bool | None = omitted()
+    steps: int = 0
+    first_batch_s: float | None = None
+    epochs: int | None = omitted()
+    bytes_per_sample: float | None = omitted()
+    cores_busy: float | None = omitted()
+    peak_memory_bytes: int | None = omitted()
+    other_cores_busy: float | None = omitted()
+    wait_ms: float | None = omitted()
+    step_ms: float | None = omitted()
+    stall_pct: float | None = omitted()
+    samples_s: float | None = omitted()
+    batch_size: float | None = omitted()
+    demand_s: float | None = omitted()             # samples/s the step alone would take (None: no step)
+    copy: CopyOverlap | None = omitted()
+    stage_seconds: dict[str, float] | None = omitted()
+    num_workers: int | None = omitted()
+    spans: list = private()        # (name, worker or -1 main / -2 copy thread, start, seconds), for the trace
+
+    def to_dict(self) -> dict:
+        out = fields_json(self)
+        if self.epochs is None:          # never ran: no first batch to speak of
+            out.pop("first_batch_s", None)
+        return out
 
 
 class _Epochs:
@@ -80,9 +129,9 @@ def _overlap(a0: float, a1: float, spans: list[tuple[float, float]]) -> float:
 
 def run_steps(loader: Iterable, steps: int, step: Callable | None = None, step_time: float | None = None,
               rate: float | None = None, copy: Any = None, max_seconds: float = 120.0,
-              on_step: Callable[[int], None] | None = None) -> dict:
+              on_step: Callable[[int], None] | None = None) -> StallProbe:
     """Feed ``steps`` batches (after the first) to the step and measure the waits. ``copy``: a CopyStage.
-    Returns the measurements and the spans (``_spans``: (name, worker or -1 / thread, start, dur))."""
+    Returns the measurements and the spans (``spans``: (name, worker or -1 / thread, start, dur))."""
     stepper = _Step(step, step_time, rate)
     stats, restore = loader_stats.attach(loader)
     src = _Epochs(loader)
@@ -168,37 +217,38 @@ def run_steps(loader: Iterable, steps: int, step: Callable | None = None, step_t
     n = len(step_s)
     wait_total = sum(b - a for a, b in waits)
     step_total = sum(step_s)
-    out: dict = {"step": stepper.label, "simulated_step": stepper.simulated, "steps": n,
-                 "first_batch_s": round(first, 4) if first is not None else None, "epochs": src.epochs}
+    out = StallProbe(step=stepper.label, simulated_step=stepper.simulated, steps=n,
+                     first_batch_s=round(first, 4) if first is not None else None, epochs=src.epochs)
     if first is not None:
-        out["bytes_per_sample"] = bytes_per_sample
+        out.bytes_per_sample = bytes_per_sample
     if getattr(mon, "wall_seconds", None):
-        out["cores_busy"] = round(mon.cores_busy, 2)
-        out["peak_memory_bytes"] = mon.peak_bytes
+        out.cores_busy = round(mon.cores_busy, 2)
+        out.peak_memory_bytes = mon.peak_bytes
         if mon.other_cores_busy is not None:
-            out["other_cores_busy"] = round(mon.other_cores_busy, 2)
+            out.other_cores_busy = round(mon.other_cores_busy, 2)
     if n:
-        out.update(wait_ms=wait_total / n * 1e3, step_ms=step_total / n * 1e3,
-                   stall_pct=100 * wait_total / max(wait_total + step_total, 1e-12),
-                   samples_s=samples / max(t_end - t_measure, 1e-9),
-                   batch_size=samples / n)
+        out.wait_ms = wait_total / n * 1e3
+        out.step_ms = step_total / n * 1e3
+        out.stall_pct = 100 * wait_total / max(wait_total + step_total, 1e-12)
+        out.samples_s = samples / max(t_end - t_measure, 1e-9)
+        out.batch_size = samples / n
         if step is not None or step_time is not None or rate is not None:
-            out["demand_s"] = samples / max(step_total, 1e-12)
+            out.demand_s = samples / max(step_total, 1e-12)
     if copy is not None and n:
         copies = [(s, d) for name, tid, s, d in spans if tid == COPY and name.startswith("copy")]
         exposed = sum(_overlap(a, b, copies) for a, b in waits)
         copy_total = sum(d for _, d in copies[1:])   # the first copy is start-up
-        out["copy"] = {"simulated": copy.simulated, "what": copy.describe(), "bytes": copy.bytes,
-                       "ms_per_batch": copy_total / max(len(copies) - 1, 1) * 1e3,
-                       "gb_s": copy.bytes / max(copy.seconds, 1e-12) / 1e9,
-                       "exposed_ms_per_step": exposed / n * 1e3,
-                       "loader_wait_ms_per_step": (wait_total - exposed) / n * 1e3,
-                       "hidden_pct": 100 * (1 - exposed / copy_total) if copy_total > 0 else 100.0}
+        out.copy = CopyOverlap(simulated=copy.simulated, what=copy.describe(), bytes=copy.bytes,
+                               ms_per_batch=copy_total / max(len(copies) - 1, 1) * 1e3,
+                               gb_s=copy.bytes / max(copy.seconds, 1e-12) / 1e9,
+                               exposed_ms_per_step=exposed / n * 1e3,
+                               loader_wait_ms_per_step=(wait_total - exposed) / n * 1e3,
+                               hidden_pct=100 * (1 - exposed / copy_total) if copy_total > 0 else 100.0)
     times = loader_stats.read(stats) if stats is not None else None
     loader_spans = times.spans if times is not None else []
     if copy is not None:   # the copy thread, not the main one, drove the loader
         loader_spans = [(name, -2 if w == -1 else w, s, d) for name, w, s, d in loader_spans]
-    out["_spans"] = [(name, -1 if tid == MAIN else -2, s, d) for name, tid, s, d in spans] + loader_spans
+    out.spans = [(name, -1 if tid == MAIN else -2, s, d) for name, tid, s, d in spans] + loader_spans
     if times is not None:
-        out["stage_seconds"] = times.rounded()
+        out.stage_seconds = times.rounded()
     return out

@@ -19,10 +19,13 @@ import mmap
 import os
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from .result import Result, Skipped, omitted
 
 PAGE = mmap.PAGESIZE
 CHUNK = 4 << 20
@@ -141,9 +144,123 @@ class FileRecords:
         pass
 
 
+# -- what the probes measured ---------------------------------------------------------------------------
+@dataclass(kw_only=True, slots=True)
+class SequentialRead(Result):
+    """The files read front to back in 4 MiB chunks."""
+
+    bytes: int
+    seconds: float
+    mb_s: float
+
+
+@dataclass(kw_only=True, slots=True)
+class RandomRead(Result):
+    """Records read in a shuffled order, one reader."""
+
+    records: int
+    bytes: int
+    seconds: float
+    records_s: float
+    mb_s: float
+
+
+@dataclass(kw_only=True, slots=True)
+class CacheCase(Result):
+    """Sequential and random reads with the page cache in one state (cold: after eviction, with the fraction
+    of pages that really left; warm: after a read)."""
+
+    resident_after_evict: float | None = omitted()
+    sequential: SequentialRead
+    resident_before_random: float | None = omitted()
+    random: RandomRead
+
+
+@dataclass(kw_only=True, slots=True)
+class StorageProbe(Result):
+    """The storage phase on local files: cold (unless turned off; or why it could not be measured) and warm."""
+
+    files: int
+    bytes: int
+    readers: int = 1
+    resident_before: float | None = None
+    cold: CacheCase | Skipped | None = omitted()
+    warm: CacheCase | None = omitted()
+    simulated: str | None = omitted()          # the simulated device's description (ThrottledReader)
+
+    def case(self, name: str) -> CacheCase | None:
+        """The measured ``"cold"`` or ``"warm"`` case; None when absent or skipped."""
+        c = getattr(self, name)
+        return c if isinstance(c, CacheCase) else None
+
+
+@dataclass(kw_only=True, slots=True)
+class RangeGets(Result):
+    """Whole blocks fetched with one range GET at a time."""
+
+    gets: int
+    bytes: int
+    seconds: float
+    mb_s: float
+    ms_per_get: float
+
+
+@dataclass(kw_only=True, slots=True)
+class ParallelGets(Result):
+    """Whole blocks fetched with ``streams`` range GETs in flight (as the read-ahead fetches)."""
+
+    streams: int
+    gets: int
+    bytes: int
+    seconds: float
+    mb_s: float
+
+
+@dataclass(kw_only=True, slots=True)
+class StreamPass(Result):
+    """Records read in the block order with the read-ahead filling the cache (no decode, one reader)."""
+
+    records: int
+    bytes: int
+    seconds: float
+    records_s: float
+    mb_s: float
+    cache_present_at_start: float
+    read_ahead: Any = None       # a snapshot of the pass's fastload.storage.prefetch.ReadAheadStats, if any
+    order: Any                   # and of its fastload.loader.block_order.OrderQuality
+
+
+@dataclass(kw_only=True, slots=True)
+class RemoteReads(Result):
+    """A dataset behind a URL: its blocks by range GET, one and several at a time, then a stream pass."""
+
+    url: str
+    cache: str
+    files: int
+    bytes: int
+    blocks: int
+    block_bytes: int
+    one_stream: RangeGets
+    parallel: ParallelGets
+    stream: StreamPass
+
+
+@dataclass(kw_only=True, slots=True)
+class RemoteStorageProbe(Result):
+    """The storage phase of a dataset behind a URL (``remote``), with its file count and size."""
+
+    remote: RemoteReads
+    files: int
+    bytes: int
+
+    @classmethod
+    def of(cls, remote: RemoteReads) -> "RemoteStorageProbe":
+        return cls(remote=remote, files=remote.files, bytes=remote.bytes)
+
+
 # -- probes -------------------------------------------------------------------------------------------
 def read_sequential(paths: Sequence[str | os.PathLike], max_bytes: int, max_seconds: float,
-                    min_seconds: float = 0.0, charge: Callable[[int], None] | None = None) -> dict:
+                    min_seconds: float = 0.0, charge: Callable[[int], None] | None = None) -> SequentialRead:
     """Read the files front to back in 4 MiB chunks until ``max_bytes`` or ``max_seconds``; with
     ``min_seconds``, start over until at least that long has passed (warm cache: small datasets)."""
     buf = bytearray(CHUNK)
@@ -168,10 +285,10 @@ def read_sequential(paths: Sequence[str | os.PathLike], max_bytes: int, max_seco
             break
         limit = done + max_bytes    # another pass
     dt = max(time.perf_counter() - t0, 1e-9)
-    return {"bytes": done, "seconds": round(dt, 4), "mb_s": done / dt / 1e6}
+    return SequentialRead(bytes=done, seconds=round(dt, 4), mb_s=done / dt / 1e6)
 
 
-def read_random(source: Any, indices: Sequence[int], max_seconds: float, min_seconds: float = 0.0) -> dict:
+def read_random(source: Any, indices: Sequence[int], max_seconds: float, min_seconds: float = 0.0) -> RandomRead:
     """Read records ``indices`` (in that order) from ``source`` until done or ``max_seconds``, one reader;
     with ``min_seconds``, go round again until at least that long has passed."""
     done = nbytes = 0
@@ -186,14 +303,14 @@ def read_random(source: Any, indices: Sequence[int], max_seconds: float, min_sec
         if elapsed >= min_seconds or elapsed >= max_seconds:
             break
     dt = max(time.perf_counter() - t0, 1e-9)
-    return {"records": done, "bytes": nbytes, "seconds": round(dt, 4), "records_s": done / dt,
-            "mb_s": nbytes / dt / 1e6}
+    return RandomRead(records=done, bytes=nbytes, seconds=round(dt, 4), records_s=done / dt,
+                      mb_s=nbytes / dt / 1e6)
 
 
 def probe_storage(paths: Sequence[str | os.PathLike], make_source: Callable[[], Any], cold: bool = True,
                   seconds: float = 2.0, max_bytes: int = 512 << 20, max_records: int = 4000, seed: int = 0,
                   log: Callable[[str], None] = lambda s: None,
-                  charge: Callable[[int], None] | None = None) -> dict:
+                  charge: Callable[[int], None] | None = None) -> StorageProbe:
     """Sequential and random read throughput of a dataset's files, cold (if ``cold`` and possible) then warm.
 
     ``make_source()`` opens a fresh record source (:class:`DatasetRecords` or :class:`FileRecords`); it is
@@ -202,8 +319,7 @@ def probe_storage(paths: Sequence[str | os.PathLike], make_source: Callable[[], 
     """
     paths = [str(p) for p in paths]
     total = sum(os.path.getsize(p) for p in paths)
-    out: dict = {"files": len(paths), "bytes": total, "readers": 1,
-                 "resident_before": page_residency(paths)}
+    out = StorageProbe(files=len(paths), bytes=total, readers=1, resident_before=page_residency(paths))
     src = make_source()
     n = len(src)
     rng = np.random.default_rng(seed)
@@ -211,43 +327,42 @@ def probe_storage(paths: Sequence[str | os.PathLike], make_source: Callable[[], 
     src.close()
     cases = (["cold"] if cold else []) + ["warm"]
     for case in cases:
-        res: dict = {}
+        after_evict = before_random = None
         if case == "cold":
             left = evict(paths)
             if left is None:
-                out["cold"] = {"skipped": "this platform cannot drop files from the page cache"}
+                out.cold = Skipped(skipped="this platform cannot drop files from the page cache")
                 continue
             if left > 0.5:
-                out["cold"] = {"skipped": f"the page cache kept {left:.0%} of the files after "
-                                          "POSIX_FADV_DONTNEED (tmpfs, or mapped by another process)"}
+                out.cold = Skipped(skipped=f"the page cache kept {left:.0%} of the files after "
+                                           "POSIX_FADV_DONTNEED (tmpfs, or mapped by another process)")
                 continue
-            res["resident_after_evict"] = left
-            res["sequential"] = read_sequential(paths, max_bytes, seconds, charge=charge)
-            left = evict(paths)
-            res["resident_before_random"] = left
+            after_evict = left
+            seq = read_sequential(paths, max_bytes, seconds, charge=charge)
+            before_random = evict(paths)
         else:
             # warm: make sure what we read is cached (read it once), then measure
             read_sequential(paths, max_bytes, seconds * 2)
-            res["sequential"] = read_sequential(paths, max_bytes, seconds, min_seconds=min(0.3, seconds),
-                                                charge=charge)
+            seq = read_sequential(paths, max_bytes, seconds, min_seconds=min(0.3, seconds), charge=charge)
         src = make_source()
         try:
             if case == "warm":   # page in the records the random probe will read
                 read_random(src, order, seconds * 2)
-            res["random"] = read_random(src, order, seconds,
-                                        min_seconds=min(0.3, seconds) if case == "warm" else 0.0)
+            rnd = read_random(src, order, seconds, min_seconds=min(0.3, seconds) if case == "warm" else 0.0)
         finally:
             src.close()
             del src
-        out[case] = res
-        log(f"storage {case}: sequential {res['sequential']['mb_s']:,.0f} MB/s, random "
-            f"{res['random']['records_s']:,.0f} records/s ({res['random']['mb_s']:,.0f} MB/s)")
+        res = CacheCase(resident_after_evict=after_evict, sequential=seq, resident_before_random=before_random,
+                        random=rnd)
+        setattr(out, case, res)
+        log(f"storage {case}: sequential {seq.mb_s:,.0f} MB/s, random "
+            f"{rnd.records_s:,.0f} records/s ({rnd.mb_s:,.0f} MB/s)")
     return out
 
 
 # -- a dataset behind a URL -----------------------------------------------------------------------------
 def probe_remote(reader: Any, seconds: float = 2.0, concurrency: int = 8, max_blocks: int = 16, seed: int = 0,
-                 log: Callable[[str], None] = lambda s: None) -> dict:
+                 log: Callable[[str], None] = lambda s: None) -> RemoteReads:
     """Range GETs of whole blocks (the fetch unit) straight from the storage of a remote dataset (a
     ``RemoteDatasetReader``), one at a time and then ``concurrency`` in flight as the read-ahead has them
     (at most ``max_blocks`` blocks per case, not cached); then :func:`stream_pass`."""
@@ -264,8 +379,6 @@ def probe_remote(reader: Any, seconds: float = 2.0, concurrency: int = 8, max_bl
                               reader.remote.policy, shard=cache.files[k], block=b))
 
     blocks = list(range(min(len(t), max_blocks)))
-    out: dict = {"url": reader.url, "cache": str(reader.path), "files": len(cache.files),
-                 "bytes": int(t.nbytes.sum()), "blocks": len(t), "block_bytes": int(t.block_bytes)}
     done = nbytes = 0
     t0 = time.perf_counter()
     for b in blocks:
@@ -274,30 +387,29 @@ def probe_remote(reader: Any, seconds: float = 2.0, concurrency: int = 8, max_bl
         if time.perf_counter() - t0 >= seconds / 2 and done >= 2:
             break
     dt = max(time.perf_counter() - t0, 1e-9)
-    out["one_stream"] = {"gets": done, "bytes": nbytes, "seconds": round(dt, 4), "mb_s": nbytes / dt / 1e6,
-                         "ms_per_get": dt / max(done, 1) * 1e3}
+    one = RangeGets(gets=done, bytes=nbytes, seconds=round(dt, 4), mb_s=nbytes / dt / 1e6,
+                    ms_per_get=dt / max(done, 1) * 1e3)
     pick = blocks[:max(2 * concurrency, 2)]
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as ex:
         nbytes = sum(ex.map(get, pick))
     dt = max(time.perf_counter() - t0, 1e-9)
-    out["parallel"] = {"streams": concurrency, "gets": len(pick), "bytes": nbytes, "seconds": round(dt, 4),
-                       "mb_s": nbytes / dt / 1e6}
-    log(f"storage remote: {out['one_stream']['mb_s']:,.0f} MB/s one GET at a time "
-        f"({out['one_stream']['ms_per_get']:,.0f} ms per {t.block_bytes >> 20} MiB block), "
-        f"{out['parallel']['mb_s']:,.0f} MB/s with {concurrency} in flight")
-    out["stream"] = stream_pass(reader, seconds, seed)
-    st = out["stream"]
-    log(f"storage remote: {st['records_s']:,.0f} records/s ({st['mb_s']:,.0f} MB/s) through the read-ahead, "
-        f"{st['cache_present_at_start']:.0%} of the blocks cached at start")
-    return out
+    par = ParallelGets(streams=concurrency, gets=len(pick), bytes=nbytes, seconds=round(dt, 4),
+                       mb_s=nbytes / dt / 1e6)
+    log(f"storage remote: {one.mb_s:,.0f} MB/s one GET at a time "
+        f"({one.ms_per_get:,.0f} ms per {t.block_bytes >> 20} MiB block), "
+        f"{par.mb_s:,.0f} MB/s with {concurrency} in flight")
+    st = stream_pass(reader, seconds, seed)
+    log(f"storage remote: {st.records_s:,.0f} records/s ({st.mb_s:,.0f} MB/s) through the read-ahead, "
+        f"{st.cache_present_at_start:.0%} of the blocks cached at start")
+    return RemoteReads(url=reader.url, cache=str(reader.path), files=len(cache.files), bytes=int(t.nbytes.sum()),
+                       blocks=len(t), block_bytes=int(t.block_bytes), one_stream=one, parallel=par, stream=st)
 
 
-def stream_pass(reader: Any, seconds: float, seed: int = 0) -> dict:
+def stream_pass(reader: Any, seconds: float, seed: int = 0) -> StreamPass:
     """Records' stored bytes read in the block order, with the loader's read-ahead filling the cache ahead of
     the reads (no decode, one reader), for ``seconds``: the rate this URL can feed an epoch from an empty
     cache. The blocks it fetched stay cached (later phases then read from the cache, as later epochs do)."""
-    from dataclasses import asdict
     from functools import partial
     from fastload.loader.block_order import BlockOrder
     from fastload.storage.reading import read_ahead_for
@@ -321,9 +433,9 @@ def stream_pass(reader: Any, seconds: float, seed: int = 0) -> dict:
         it.close()
     dt = max(time.perf_counter() - t0, 1e-9)
     ra = order.read_ahead_stats
-    return {"records": done, "bytes": nbytes, "seconds": round(dt, 4), "records_s": done / dt,
-            "mb_s": nbytes / dt / 1e6, "cache_present_at_start": present,
-            "read_ahead": asdict(ra) if ra is not None else None, "order": asdict(order.quality)}
+    return StreamPass(records=done, bytes=nbytes, seconds=round(dt, 4), records_s=done / dt, mb_s=nbytes / dt / 1e6,
+                      cache_present_at_start=present, read_ahead=replace(ra) if ra is not None else None,
+                      order=replace(order.quality))
 
 
 # -- simulated slow storage ---------------------------------------------------------------------------

@@ -22,9 +22,12 @@ import torch
 from fastload.dataset import ShardDataset
 
 from .pipelines import DEFAULT, NamedPipeline, named
-from .cpu import StageKind, cpu_ceiling, measure_stages, measure_total, usable_cores
+from .cpu import (CpuCost, DecodeCounts, FusedCost, MaxSideWhatIf, PipelineCompare, StageCost, StageCosts,
+                  cpu_ceiling, measure_stages, measure_total, usable_cores)
+from .order import OrderReport, order_report
 from .stages import DatasetStages, FieldStages
-from .storage import DatasetRecords, FileRecords
+from .storage import DatasetRecords, FileRecords, RemoteReads
+from .sweep import SweepPoint
 
 FOREVER = 1 << 40   # samples a sweep sampler may hand out: runs stop on time, never on an epoch's end
 STORAGE_FILES = 4000
@@ -53,15 +56,15 @@ class Target:
         """A simulated device's per-read cost for the sequential pass (None: real storage)."""
         return None
 
-    def remote_storage(self, seconds: float, log: Callable[[str], None]) -> dict | None:
+    def remote_storage(self, seconds: float, log: Callable[[str], None]) -> RemoteReads | None:
         """The storage probe of a dataset behind a URL (range GETs of its blocks); None: not remote."""
         return None
 
-    def order_report(self) -> dict | None:
+    def order_report(self) -> OrderReport | None:
         """Shuffle quality and read-ahead counters of the block-ordered loaders that ran; None: none did."""
         return None
 
-    def cpu(self, seconds: float, log: Callable[[str], None]) -> dict | None:
+    def cpu(self, seconds: float, log: Callable[[str], None]) -> CpuCost | None:
         return None
 
     def make_loader(self, workers: int, prefetch: int | None) -> Iterable | None:
@@ -70,7 +73,7 @@ class Target:
     def can_sweep(self) -> bool:
         return False
 
-    def stall_loader(self, best: dict | None) -> Iterable:
+    def stall_loader(self, best: SweepPoint | None) -> Iterable:
         raise NotImplementedError
 
 
@@ -88,13 +91,14 @@ class MapDatasetTarget(Target):
         return self.loader_class(self.ds, batch_size=self.batch_size, sampler=_forever_sampler(len(self.ds), self.seed),
                                  num_workers=workers, prefetch_factor=prefetch if workers else None)
 
-    def stall_loader(self, best: dict | None):
-        w = best["workers"] if best else min(usable_cores(), 4)
-        return self.make_loader(w, (best or {}).get("prefetch") or (2 if w else None))
+    def stall_loader(self, best: SweepPoint | None):
+        w = best.workers if best else min(usable_cores(), 4)
+        return self.make_loader(w, (best.prefetch if best else None) or (2 if w else None))
 
 
 # -- shared CPU-phase pieces ----------------------------------------------------------------------------
-def loader_stage_costs(ds: Any, batch_size: int, seed: int, seconds: float, min_batches: int = 2) -> tuple[dict, dict]:
+def loader_stage_costs(ds: Any, batch_size: int, seed: int, seconds: float,
+                       min_batches: int = 2) -> tuple[StageCosts, FusedCost]:
     """Per-sample cost of each stage of a ``ShardDataset``, as the loader's own stages time themselves:
     ``fastload.DataLoader(num_workers=0)`` runs for ``seconds`` in this thread, the stages record their wall
     and CPU time (read, decode, augment, callables) and what is left of the loop is batch assembly (wall time
@@ -127,23 +131,24 @@ def loader_stage_costs(ds: Any, batch_size: int, seed: int, seconds: float, min_
     rows.append(("collate (in place; labels from the index)", "collate",   # the rest of the loop: batch assembly
                  max(wall - sum(r[2] for r in rows), 0.0), max(cpu - sum(r[3] for r in rows), 0.0)))
     total_cpu = sum(r[3] for r in rows) or 1e-12
-    stage_list = [{"name": name, "kind": StageKind(kind).value, "wall_ms": w / n * 1e3, "cpu_ms": c / n * 1e3, "share": c / total_cpu}
+    stage_list = [StageCost(name=name, kind=kind, wall_ms=w / n * 1e3, cpu_ms=c / n * 1e3, share=c / total_cpu)
                   for name, kind, w, c in rows]
-    stages = {"samples": samples, "stages": stage_list, "source": "loader.stats (the stages' own timings)",
-              "wall_ms": wall / n * 1e3, "cpu_ms": cpu / n * 1e3}
-    return stages, {"samples": samples, "wall_ms": wall / n * 1e3, "cpu_ms": cpu / n * 1e3}
+    stages = StageCosts(samples=samples, stages=stage_list, source="loader.stats (the stages' own timings)",
+                        wall_ms=wall / n * 1e3, cpu_ms=cpu / n * 1e3)
+    return stages, FusedCost(samples=samples, wall_ms=wall / n * 1e3, cpu_ms=cpu / n * 1e3)
 
 
-def _cpu_result(stages: dict, fused: dict, collate_cpu_ms: float) -> dict:
-    per = fused["cpu_ms"] + collate_cpu_ms
-    return {**stages, "fused": fused, "per_sample_cpu_ms": per, "ceiling": cpu_ceiling(per, usable_cores())}
+def _cpu_result(stages: StageCosts, fused: FusedCost, collate_cpu_ms: float) -> CpuCost:
+    per = fused.cpu_ms + collate_cpu_ms
+    return CpuCost(samples=stages.samples, stages=stages.stages, source=stages.source, wall_ms=stages.wall_ms,
+                   cpu_ms=stages.cpu_ms, fused=fused, per_sample_cpu_ms=per, ceiling=cpu_ceiling(per, usable_cores()))
 
 
-def _collate_ms(stages: dict) -> float:
-    return sum(s["cpu_ms"] for s in stages["stages"] if s["kind"] == "collate")
+def _collate_ms(stages: StageCosts) -> float:
+    return sum(s.cpu_ms for s in stages.stages if s.kind == "collate")
 
 
-def what_if_max_side(pipe: Any, raws: Sequence[bytes], sizes: Sequence[tuple[int, int]]) -> dict | None:
+def what_if_max_side(pipe: Any, raws: Sequence[bytes], sizes: Sequence[tuple[int, int]]) -> MaxSideWhatIf | None:
     """Decode+crop cost and record size if the images were stored at ``--max-side S`` (S = twice the
     output's longer side, at least 256), measured on re-encoded copies (the converter's own encoder)."""
     out_shape = pipe.output_shape
@@ -160,13 +165,12 @@ def what_if_max_side(pipe: Any, raws: Sequence[bytes], sizes: Sequence[tuple[int
     idx = list(range(len(raws)))
     tb = measure_total(before.run_fused, idx, seconds=0.5)
     ta = measure_total(after.run_fused, idx, seconds=0.5)
-    return {"max_side": side, "median_side": median, "samples": len(raws),
-            "cpu_ms_before": tb["cpu_ms"], "cpu_ms_after": ta["cpu_ms"],
-            "bytes_before": float(np.mean([len(r) for r in raws])),
-            "bytes_after": float(np.mean([len(s.data) for s in small]))}
+    return MaxSideWhatIf(max_side=side, median_side=median, samples=len(raws), cpu_ms_before=tb.cpu_ms,
+                         cpu_ms_after=ta.cpu_ms, bytes_before=float(np.mean([len(r) for r in raws])),
+                         bytes_after=float(np.mean([len(s.data) for s in small])))
 
 
-def _decode_stats(ops: Sequence[Any]) -> dict | None:
+def _decode_stats(ops: Sequence[Any]) -> DecodeCounts | None:
     stats = [getattr(op, "stats", None) for op in ops]
     stats = [s for s in stats if s is not None]
     if not stats:
@@ -176,9 +180,9 @@ def _decode_stats(ops: Sequence[Any]) -> dict | None:
     for s in stats:
         for k, v in s.dct_scaled.items():
             scaled[k] = scaled.get(k, 0) + v
-    return {"decoded": decoded, "pil_fallback": sum(s.pil_fallback for s in stats),
-            "partial": sum(s.partial for s in stats),
-            "dct_scaled": {str(k): v for k, v in sorted(scaled.items())}}
+    return DecodeCounts(decoded=decoded, pil_fallback=sum(s.pil_fallback for s in stats),
+                        partial=sum(s.partial for s in stats),
+                        dct_scaled={str(k): v for k, v in sorted(scaled.items())})
 
 
 # -- a fastload dataset ---------------------------------------------------------------------------------
@@ -226,7 +230,7 @@ class DatasetTarget(MapDatasetTarget):
     def storage_charge(self):
         return getattr(self.reader, "charge", None)
 
-    def cpu(self, seconds: float, log) -> dict:
+    def cpu(self, seconds: float, log) -> CpuCost:
         idx = _sample_indices(len(self.ds), 4096, self.seed)
         decs = [p.ops[0] for p in self.ds.pipelines.values() if p.kind == "image"]
         before = _decode_stats(decs)
@@ -235,12 +239,12 @@ class DatasetTarget(MapDatasetTarget):
         after = _decode_stats(decs)
         if after and before:
             from fastload.ops.jpeg import native_decoder
-            out["decode_stats"] = {"decoded": after["decoded"] - before["decoded"],
-                                   "pil_fallback": after["pil_fallback"] - before["pil_fallback"],
-                                   "partial": after["partial"] - before["partial"],
-                                   "dct_scaled": {k: v - before["dct_scaled"].get(k, 0)
-                                                  for k, v in after["dct_scaled"].items()},
-                                   "native": native_decoder()}
+            out.decode_stats = DecodeCounts(decoded=after.decoded - before.decoded,
+                                            pil_fallback=after.pil_fallback - before.pil_fallback,
+                                            partial=after.partial - before.partial,
+                                            dct_scaled={k: v - before.dct_scaled.get(k, 0)
+                                                        for k, v in after.dct_scaled.items()},
+                                            native=native_decoder())
         f = self._image_field()
         if f is not None:
             few = idx[:16]
@@ -248,7 +252,7 @@ class DatasetTarget(MapDatasetTarget):
             sizes = [self.reader.image_size(int(i), f) for i in few]
             wi = what_if_max_side(self.ds.pipelines[f], raws, sizes)
             if wi:
-                out["what_if_max_side"] = wi
+                out.what_if_max_side = wi
         return out
 
 
@@ -274,7 +278,7 @@ class RemoteDatasetTarget(DatasetTarget):
     def storage(self):
         return None
 
-    def remote_storage(self, seconds: float, log) -> dict:
+    def remote_storage(self, seconds: float, log) -> RemoteReads:
         from .storage import probe_remote
         return probe_remote(self.reader, seconds=seconds, seed=self.seed, log=log)
 
@@ -284,24 +288,8 @@ class RemoteDatasetTarget(DatasetTarget):
         self._runs.append((f"workers={workers} prefetch={prefetch if workers else None}", loader))
         return loader
 
-    def order_report(self) -> dict | None:
-        runs = []
-        quality = None
-        for label, loader in self._runs:
-            ra = getattr(getattr(loader, "sampler", None), "read_ahead_stats", None)
-            q = getattr(getattr(loader, "stats", None), "order", None)
-            if q is not None and q.samples:
-                quality = q
-            if ra is not None:
-                runs.append({"run": label, **{k: getattr(ra, k) for k in ("blocks_needed", "blocks_fetched",
-                                                                          "bytes_fetched", "peak_pinned_bytes")}})
-        if quality is None and not runs:
-            return None
-        out: dict = {"read_ahead": runs}
-        if quality is not None:
-            from dataclasses import asdict
-            out["order"] = {**asdict(quality), "text": str(quality)}
-        return out
+    def order_report(self) -> OrderReport | None:
+        return order_report(self._runs)
 
 
 # -- an ImageFolder tree, before converting ------------------------------------------------------------------
@@ -366,7 +354,7 @@ class ImageFolderTarget(MapDatasetTarget):
         from fastload.ops import compile_pipeline
         return compile_pipeline(ImageField(), self.named.ops(self.size))
 
-    def cpu(self, seconds: float, log) -> dict:
+    def cpu(self, seconds: float, log) -> CpuCost:
         from torch.utils.data._utils.collate import default_collate
         idx = _sample_indices(len(self.paths), 4096, self.seed)
         for i in idx[:256]:
@@ -375,7 +363,7 @@ class ImageFolderTarget(MapDatasetTarget):
         stages = measure_stages(pil.run_one, idx, seconds / 2, run_batch=pil.run_batch, batch_size=self.batch_size)
         fused = measure_total(pil.run_fused, idx, seconds / 4)
         out = _cpu_result(stages, fused, _collate_ms(stages))
-        log(f"cpu PIL pipeline: {out['per_sample_cpu_ms']:.2f} ms per sample")
+        log(f"cpu PIL pipeline: {out.per_sample_cpu_ms:.2f} ms per sample")
 
         pipe = self._fastload_pipe()
 
@@ -386,20 +374,18 @@ class ImageFolderTarget(MapDatasetTarget):
         fidx = [int(i) for i in idx[:256]]
         fst = measure_stages(fl.run_one, fidx, seconds / 4)
         ffused = measure_total(fl.run_fused, fidx, seconds / 4)
-        cores = out["ceiling"]["cores"]
-        fl_ms = ffused["cpu_ms"]
-        out["compare"] = {"pil_cpu_ms": out["per_sample_cpu_ms"], "fastload_cpu_ms": fl_ms,
-                          "gain": out["per_sample_cpu_ms"] / max(fl_ms, 1e-9),
-                          "pil_ceiling_s": out["ceiling"]["samples_s"],
-                          "fastload_ceiling_s": cpu_ceiling(fl_ms, cores)["samples_s"],
-                          "fastload_pipeline": " -> ".join(repr(op) for op in pipe.ops),
-                          "fastload_stages": fst["stages"], "fastload_fused": ffused,
-                          "note": "fastload ops on the same files (read from the files, as a converted dataset "
-                                  "would read from shards; image sizes come from the shard index)"}
+        cores = out.ceiling.cores
+        fl_ms = ffused.cpu_ms
+        out.compare = PipelineCompare(
+            pil_cpu_ms=out.per_sample_cpu_ms, fastload_cpu_ms=fl_ms, gain=out.per_sample_cpu_ms / max(fl_ms, 1e-9),
+            pil_ceiling_s=out.ceiling.samples_s, fastload_ceiling_s=cpu_ceiling(fl_ms, cores).samples_s,
+            fastload_pipeline=" -> ".join(repr(op) for op in pipe.ops), fastload_stages=fst.stages,
+            fastload_fused=ffused, note="fastload ops on the same files (read from the files, as a converted "
+                                        "dataset would read from shards; image sizes come from the shard index)")
         few = fidx[:16]
         wi = what_if_max_side(pipe, [read(i) for i in few], [self._size(i) for i in few])
         if wi:
-            out["what_if_max_side"] = wi
+            out.what_if_max_side = wi
         return out
 
 
@@ -444,7 +430,7 @@ class LoaderTarget(Target):
                 return paths, lambda: FileRecords(paths)
         return None
 
-    def cpu(self, seconds: float, log) -> dict | None:
+    def cpu(self, seconds: float, log) -> CpuCost | None:
         if self.shard:
             return DatasetTarget(self.ds, self.batch_size, self.seed).cpu(seconds, log)
         if not self.map_style:
@@ -473,7 +459,7 @@ class LoaderTarget(Target):
             return torch.utils.data.DataLoader(self.ds, **{k: v for k, v in kw.items()
                                                            if k not in ("device", "gpu_transforms")})
 
-    def stall_loader(self, best: dict | None):
+    def stall_loader(self, best: SweepPoint | None):
         return self.loader    # the user's own configuration
 
 
@@ -488,7 +474,7 @@ class IterableTarget(Target):
         text = " ".join(repr(self.it).split())
         return {"kind": self.kind, "repr": text if len(text) <= 80 else text[:77] + "..."}
 
-    def stall_loader(self, best: dict | None):
+    def stall_loader(self, best: SweepPoint | None):
         return self.it
 
 

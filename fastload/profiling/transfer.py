@@ -6,12 +6,30 @@ cost nothing here."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from .result import Result, omitted
 from .sweep import leaves
+
+NO_CUDA = "no CUDA: host-to-device copies not measured"
+
+
+@dataclass(kw_only=True, slots=True)
+class TransferProbe(Result):
+    """The transfer phase: host-to-device copy rates of one batch's bytes (with CUDA), and the simulated rate
+    the stall run's copy used, if one was asked for."""
+
+    cuda: bool
+    note: str | None = omitted()                # why nothing was measured
+    device: str | None = omitted()
+    bytes: int | None = omitted()
+    pageable_gb_s: float | None = omitted()
+    pinned_gb_s: float | None = omitted()
+    simulated_gb_s: float | None = omitted()
 
 
 def host_nbytes(batch: Any) -> int:
@@ -27,24 +45,25 @@ def cuda_available() -> bool:
         return False
 
 
-def probe_copy_rate(nbytes: int, repeats: int = 10) -> dict:
+def probe_copy_rate(nbytes: int, repeats: int = 10) -> TransferProbe:
     """Host-to-device copy rate of an ``nbytes`` buffer, pageable and page-locked (GB/s)."""
     if not cuda_available():
-        return {"cuda": False, "note": "no CUDA: host-to-device copies not measured"}
+        return TransferProbe(cuda=False, note=NO_CUDA)
     nbytes = max(int(nbytes), 1 << 20)
     dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    out = {"cuda": True, "device": torch.cuda.get_device_name(), "bytes": nbytes}
     host = torch.empty(nbytes, dtype=torch.uint8)
     host.fill_(1)
-    for name, src in (("pageable", host), ("pinned", host.pin_memory())):
+    rates = []
+    for src in (host, host.pin_memory()):          # pageable, then page-locked
         dev.copy_(src, non_blocking=True)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(repeats):
             dev.copy_(src, non_blocking=True)
         torch.cuda.synchronize()
-        out[f"{name}_gb_s"] = nbytes * repeats / (time.perf_counter() - t0) / 1e9
-    return out
+        rates.append(nbytes * repeats / (time.perf_counter() - t0) / 1e9)
+    return TransferProbe(cuda=True, device=torch.cuda.get_device_name(), bytes=nbytes, pageable_gb_s=rates[0],
+                         pinned_gb_s=rates[1])
 
 
 class CopyStage:
