@@ -64,13 +64,14 @@ def decode_ceiling(data: str, samples: int = 2000) -> dict:
     import fastload
     from benchmarks.peers.fastload_shards import dataset_dir
     from fastload import ops
-    from fastload.loader.shard_batches import sample_rng
+    from fastload.loader.shard_batches import SampleRng
     torch.set_num_threads(1)
     ds = fastload.ShardDataset(dataset_dir(data, "shards"), transforms={
         "image": [ops.DecodeRandomResizedCrop(224), ops.RandomHorizontalFlip()]})
     out = {"image": np.empty((224, 224, 3), np.uint8)}
     order = np.random.default_rng(0).permutation(len(ds))[:samples]
     rates = []
+    sample_rng = SampleRng()
     for r in range(3):
         t0 = time.perf_counter()
         for i in order:
@@ -166,6 +167,8 @@ def main() -> int:
     from machine import machine_info
     for backend in ("shards", "lmdb"):   # convert before any timing
         dataset_dir(a.data, backend)
+    ceiling = decode_ceiling(a.data)      # before the peers: a failure here must not cost their runs
+    raw = raw_arrays(a.workers)
     peers = a.peers.split(",")
     per_peer: dict[str, list[dict]] = {}
     for r in range(a.rounds):
@@ -173,8 +176,6 @@ def main() -> int:
         print(f"### round {r + 1}: {order}", flush=True)
         for rec in run_round(order, a):
             per_peer.setdefault(rec["peer"], []).append(rec)
-    ceiling = decode_ceiling(a.data)
-    raw = raw_arrays(a.workers)
     summary = {}
     for p, recs in per_peer.items():
         summary[p] = {
