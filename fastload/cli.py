@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fastload.errors import FastloadError
+from fastload.cli_types import storage_options
 from fastload.profiling.cli import add_parser as add_profile
 
 
@@ -83,18 +84,8 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_convert)
 
 
-def _storage_options(text: str) -> dict:
-    try:
-        v = json.loads(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--storage-options must be a JSON object: {e}") from None
-    if not isinstance(v, dict):
-        raise argparse.ArgumentTypeError("--storage-options must be a JSON object")
-    return v
-
-
 def _add_storage_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage-options", type=_storage_options, default={}, metavar="JSON",
+    p.add_argument("--storage-options", type=storage_options, default={}, metavar="JSON",
                    help="for a URL: fsspec options as a JSON object, e.g. '{\"anon\": true}'")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fastload.cli_types import storage_options
+
 from .pipelines import DEFAULT, PIPELINES
 
 
@@ -29,17 +31,6 @@ def _pos_float(text: str) -> float:
     return v
 
 
-def _json_object(text: str) -> dict:
-    import json
-    try:
-        v = json.loads(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--storage-options must be a JSON object: {e}") from None
-    if not isinstance(v, dict):
-        raise argparse.ArgumentTypeError("--storage-options must be a JSON object")
-    return v
-
-
 def _pos_int(text: str) -> int:
     v = int(text)
     if v <= 0:
@@ -52,7 +43,7 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="a fastload dataset directory or URL (s3://, https://, ...: read through the block cache "
                         "in the block order, as training would), or an ImageFolder tree (profiled as PIL + "
                         "torchvision-style transforms, compared with fastload's ops on the same files)")
-    p.add_argument("--storage-options", type=_json_object, default=None, metavar="JSON",
+    p.add_argument("--storage-options", type=storage_options, default=None, metavar="JSON",
                    help="fsspec options of a URL target, as a JSON object (as for fastload convert)")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="block cache of a URL target (default $FASTLOAD_CACHE_DIR or ~/.cache/fastload)")
