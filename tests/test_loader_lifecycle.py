@@ -341,21 +341,26 @@ class MixedPairs(tud.Dataset):
         return torch.ones(4)
 
 
-def _outcome(loader_cls, batch_index):
-    sampler = [[2 * batch_index, 2 * batch_index + 1]]
+def _outcome(loader_cls, batch_index, warm: bool):
+    # warm: a plain batch first, so the odd one is stacked into a slot already sized (one worker, prefetch 1);
+    # cold: the odd batch is the loader's first, built before any slot has a size
+    pair = [2 * batch_index, 2 * batch_index + 1]
+    sampler = [[0, 2], pair] if warm else [pair]
+    kw = dict(num_workers=1, prefetch_factor=1) if warm else dict(num_workers=2)
     try:
-        (b,) = list(loader_cls(MixedPairs(), batch_sampler=sampler, num_workers=2))
+        b = list(loader_cls(MixedPairs(), batch_sampler=sampler, **kw))[-1]
         return "ok", b.dtype, b.tolist()
     except Exception as e:
         return "error", str(e).splitlines()[0][:60]
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["cold-slot", "sized-slot"])
 @pytest.mark.parametrize("kind", MixedPairs.SECOND)
-def test_stacking_into_the_slot_gives_torchs_result_or_error_when_later_samples_differ(kind):
+def test_stacking_into_the_slot_gives_torchs_result_or_error_when_later_samples_differ(kind, warm):
     # only the first sample is checked before the stack into the slot; what torch.stack refuses goes
     # through default_collate, so the outcome is the one torch's own workers give
     i = MixedPairs.SECOND.index(kind)
-    ours, theirs = _outcome(fastload.DataLoader, i), _outcome(tud.DataLoader, i)
+    ours, theirs = _outcome(fastload.DataLoader, i, warm), _outcome(tud.DataLoader, i, warm)
     assert ours[0] == theirs[0], (ours, theirs)
     if ours[0] == "ok":
         assert ours == theirs

@@ -91,11 +91,14 @@ class ArenaCollate:
         first) goes to ``default_collate``, whose result or error is torch's own."""
         elem = batch[0]
         alloc = self.allocator
-        out = None if alloc is None else alloc.tensor((len(batch), *elem.shape), elem.dtype)
-        if out is None:
-            return default_collate(batch)
+        shape = (len(batch), *elem.shape)
+        out = None if alloc is None else alloc.tensor(shape, elem.dtype)
+        in_slot = out is not None
+        if not in_slot:     # the slot is too small (a loader's first batches): plain memory, same dtype rule
+            out = torch.empty(shape, dtype=elem.dtype)
         try:
             return torch.stack(batch, 0, out=out)
         except (RuntimeError, NotImplementedError, TypeError):
-            alloc.release_last()
+            if in_slot:
+                alloc.release_last()
             return default_collate(batch)
