@@ -3,6 +3,7 @@ fetched (one coalesced range GET), cached, pinned and evicted, and that the bloc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -31,10 +32,11 @@ class BlockTable:
     def nbytes(self) -> np.ndarray:
         return self.end - self.start
 
-    @property
+    @cached_property
     def disk_bytes(self) -> np.ndarray:
         """The most each block can add to disk once written into a sparse file: every page its bytes touch,
-        plus one page of file-system metadata (an extent-tree block); what a fetch reserves in the cache."""
+        plus one page of file-system metadata (an extent-tree block); what a fetch reserves in the cache.
+        Computed once per table: every fetch reads one entry."""
         first_page, end_page = self.start // PAGE, -(-self.end // PAGE)
         return (end_page - first_page + 1) * PAGE
 
