@@ -122,6 +122,23 @@ def test_tree_monitor_counts_child_cpu():
     assert m.peak_bytes > 10 << 20
 
 
+def test_tree_monitor_does_not_take_the_cores_it_measures():
+    # a process with a big touched mapping (as a worker with the ring mapped) makes each smaps_rollup read
+    # cost milliseconds; sampled at a fixed 20 Hz that was a fifth of a core charged to the loader measured
+    big = np.ones(768 << 20, dtype=np.uint8)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        TreeMonitor()._memory_sample()
+    per_sample = (time.perf_counter() - t0) / 5
+    with TreeMonitor() as m:
+        time.sleep(1.5)
+    # the sampler's CPU (this process's own: nothing else runs here) stays near its duty cap, whatever one
+    # sample costs on this kernel; the peak still sees the mapping (sampled at the start and the end)
+    assert m.cpu_seconds <= 0.05 * 1.5 + 3 * per_sample, (m.cpu_seconds, per_sample)
+    assert m.peak_bytes >= big.nbytes
+    del big
+
+
 def test_trace_format_and_validator():
     spans = [("read+decode+augment", 0, 10.0, 0.010), ("write-to-slot", 0, 10.010, 0.001),
              ("read+decode+augment", 1, 10.002, 0.011), ("wait-for-data", -1, 10.0, 0.012),
@@ -187,6 +204,16 @@ def test_verdict_rules():
     # the loader far under every ceiling: the loader itself
     v = decide(_report(storage_rps=5000, cpu_s=1000, loader=200))
     assert v.bound == "loader" and v.resource == "loader"
+    # ... unless its processes kept the cores busy: then the CPU is the limit, each sample just cost more
+    # CPU in the loader than in one process (SMT siblings, memory bandwidth), and the report says by how much
+    rep = _report(storage_rps=5000, cpu_s=1000, loader=500)
+    rep.sweep.points[0].cores_busy = 3.6
+    v = decide(rep)
+    assert v.bound == "decode" and v.resource == "cpu", v.headline
+    assert any("3.60 of 4 cores busy" in e and "7.20 ms of CPU in the loader" in e for e in v.evidence)
+    assert any("1.8x the CPU" in a for a in v.actions)
+    rep.sweep.points[0].cores_busy = 2.0          # half the cores idle: the loader again
+    assert decide(rep).bound == "loader"
     # a one-reader storage number the loader beat is a lower bound, not the limit
     v = decide(_report(storage_rps=300, cpu_s=1000, loader=900))
     assert v.bound == "decode" and any("lower bound" in e for e in v.evidence)

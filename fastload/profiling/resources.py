@@ -84,6 +84,9 @@ def _reaped_children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+SAMPLER_DUTY = 0.02   # the memory sampler's share of one core, at most
+
+
 class TreeMonitor:
     """``with TreeMonitor() as m: ...`` then ``m.cpu_seconds`` (CPU time of the process tree during the
     block), ``m.peak_bytes`` (largest memory of the tree seen), ``m.memory_kind`` ("pss", "rss" or
@@ -92,9 +95,10 @@ class TreeMonitor:
 
     CPU time is exact, not sampled: this process's own, plus that of children still alive at the end (from
     /proc), plus that of children that exited and were reaped (``RUSAGE_CHILDREN``). Memory is sampled every
-    ``interval`` seconds in a thread, which reads only the known pids' files and looks for new processes
-    every ``rescan`` seconds (a sampler that does many small system calls starves for the GIL when the
-    main thread is busy)."""
+    ``interval`` seconds in a thread (less often when one sample costs more than ``SAMPLER_DUTY`` of that
+    interval: the monitor must not take the cores it measures), and once at the start and at the end; the
+    thread reads only the known pids' files and looks for new processes every ``rescan`` seconds (a sampler
+    that does many small system calls starves for the GIL when the main thread is busy)."""
 
     def __init__(self, interval: float = 0.05, rescan: float = 0.25):
         self.interval, self.rescan = interval, rescan
@@ -134,8 +138,13 @@ class TreeMonitor:
         self.peak_bytes = max(self.peak_bytes, total)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        wait = self.interval
+        while not self._stop.wait(wait):
+            t0 = time.perf_counter()
             self._memory_sample()
+            # smaps_rollup walks every mapping of a process (~10 ms for a worker with the ring mapped): at a
+            # fixed 20 Hz the sampler took a quarter of a 2-core machine from the loader it was measuring
+            wait = max(self.interval, (time.perf_counter() - t0) / SAMPLER_DUTY)
 
     def _live_children_cpu(self) -> dict[int, float]:
         out = {}

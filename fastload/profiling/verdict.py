@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 STALL_OK = 10.0        # % data stall under which the step, not the data, is the bottleneck
 LOADER_SHORT = 0.6     # loader throughput under this fraction of the lowest ceiling: the loader is the bound
+CORES_SATURATED = 0.85  # the loader's process tree kept this fraction of the cores it could have busy: CPU-bound
 
 
 class Bound(str, Enum):
@@ -313,6 +314,10 @@ def decide(report: ProfileReport) -> Verdict:
         # no sweep: what the step received is not the loader's own rate; the stall run's split of each wait
         # says whether the step waited on the loader or on the copy
         loader_short = copy.loader_wait_ms_per_step > copy.exposed_ms_per_step
+    if loader_short and name == "cpu" and _cores_saturated(best_point(report), lim):
+        # the cores were all busy: the CPU is the limit, and each sample simply cost more CPU in the loader than
+        # in one process (vCPUs that are SMT siblings, memory bandwidth, the loader's own hand-over)
+        loader_short = False
     if loader_short:
         v.set(Bound.LOADER, Resource.LOADER)
         _loader(report, c, name, lim, supply, v)
@@ -414,6 +419,20 @@ def _storage(report: ProfileReport, c, lim: Ceiling, supply, v: Verdict) -> None
         v.evidence.append(f"first epoch (page cache cold): {_f(cold.random.records_s)} records/s")
 
 
+def _cores_saturated(best: SweepPoint | None, lim: Ceiling) -> bool:
+    """Whether the best loader run's process tree kept (nearly) every core it could have had busy."""
+    if best is None or not best.cores_busy:
+        return False
+    return best.cores_busy >= CORES_SATURATED * (lim.cores_left if lim.cores_left is not None else lim.cores)
+
+
+def _loader_cpu_ms(best: SweepPoint | None, supply) -> float | None:
+    """CPU milliseconds the loader's process tree spent per delivered sample in its best run."""
+    if best is None or not best.cores_busy or not supply:
+        return None
+    return best.cores_busy / supply * 1e3
+
+
 def _cpu(report: ProfileReport, c, lim: Ceiling, supply, top: StageCost | None, v: Verdict) -> None:
     cpu = report.cpu
     share = top.share if top else 1.0
@@ -426,6 +445,15 @@ def _cpu(report: ProfileReport, c, lim: Ceiling, supply, top: StageCost | None, 
                      + (f"; {what}." if what else ".") + _next_txt(v))
     best = best_point(report)
     cores = lim.cores
+    in_loader = _loader_cpu_ms(best, supply)
+    if in_loader and supply < LOADER_SHORT * lim.samples_s:
+        v.evidence.append(f"the loader's processes kept {best.cores_busy:.2f} of {cores} cores busy, so the CPU "
+                          f"is the limit although the loader reached only {_pct(supply, lim.samples_s)} of the "
+                          f"one-process ceiling: each sample cost {in_loader:.2f} ms of CPU in the loader against "
+                          f"{cpu.per_sample_cpu_ms:.2f} ms in one process")
+        v.actions.append(f"In the loader a sample costs {in_loader / cpu.per_sample_cpu_ms:.1f}x the CPU it "
+                         "costs in one process: vCPUs that share physical cores (SMT) or memory bandwidth slow "
+                         "parallel decoding; cheaper samples (smaller stored images) help more than more workers.")
     if best is not None and best.workers < cores and not v.background_cores:
         v.actions.append(f"num_workers={cores}: the best run had {best.workers} workers for {cores} cores.")
     cmp_ = report.compare
