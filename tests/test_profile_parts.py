@@ -214,6 +214,14 @@ def test_verdict_rules():
     assert any("1.8x the CPU" in a for a in v.actions)
     rep.sweep.points[0].cores_busy = 2.0          # half the cores idle: the loader again
     assert decide(rep).bound == "loader"
+    # a machine others kept busy: the one-process probe, slowed by the same contention, put the CPU left to
+    # the pipeline under what the loader reached; the CPU is still the limit, not the loader against storage
+    rep = _report(storage_rps=50_000, cpu_s=424, loader=230, others=2.1)   # a CI run's numbers, on 4 cores
+    rep.sweep.points[0].cores_busy = 1.8
+    v = decide(rep)
+    assert v.bound == "decode" and v.resource == "cpu", v.headline
+    assert v.ceilings["cpu"].samples_s == pytest.approx(106 * 1.9, rel=0.01)
+    assert not any("underestimate" in e for e in v.evidence)
     # a one-reader storage number the loader beat is a lower bound, not the limit
     v = decide(_report(storage_rps=300, cpu_s=1000, loader=900))
     assert v.bound == "decode" and any("lower bound" in e for e in v.evidence)

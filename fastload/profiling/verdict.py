@@ -273,7 +273,11 @@ def decide(report: ProfileReport) -> Verdict:
         set_aside.append(f"storage ceiling ({_f(resources['storage'].samples_s)}/s, one reader) is a lower "
                          f"bound: the loader read faster ({_f(supply)}/s): parallel reads, or the probe's own per-record cost")
         del resources["storage"]
-    if "cpu" in resources and supply and supply > 1.1 * resources["cpu"].samples_s:
+    saturated = "cpu" in resources and _cores_saturated(best_point(report), resources["cpu"].cores)
+    # on a machine others kept busy, a loader that beat the CPU left to it did so because the one-process
+    # probe, run under the same contention, came out slow: the CPU is still what limits it
+    beat_under_load = saturated and bool(v.background_cores)
+    if "cpu" in resources and supply and supply > 1.1 * resources["cpu"].samples_s and not beat_under_load:
         set_aside.append(f"the CPU ceiling ({_f(resources['cpu'].samples_s)}/s, timed one sample at a time) is "
                          f"an underestimate: the loader ran faster ({_f(supply)}/s) - per-sample costs this small "
                          f"are dominated by the probe's own overhead, or the machine was busier during the probe")
@@ -314,7 +318,7 @@ def decide(report: ProfileReport) -> Verdict:
         # no sweep: what the step received is not the loader's own rate; the stall run's split of each wait
         # says whether the step waited on the loader or on the copy
         loader_short = copy.loader_wait_ms_per_step > copy.exposed_ms_per_step
-    if loader_short and name == "cpu" and _cores_saturated(best_point(report), lim):
+    if loader_short and name == "cpu" and saturated:
         # the cores were all busy: the CPU is the limit, and each sample simply cost more CPU in the loader than
         # in one process (vCPUs that are SMT siblings, memory bandwidth, the loader's own hand-over)
         loader_short = False
@@ -419,11 +423,12 @@ def _storage(report: ProfileReport, c, lim: Ceiling, supply, v: Verdict) -> None
         v.evidence.append(f"first epoch (page cache cold): {_f(cold.random.records_s)} records/s")
 
 
-def _cores_saturated(best: SweepPoint | None, lim: Ceiling) -> bool:
-    """Whether the best loader run's process tree kept (nearly) every core it could have had busy."""
+def _cores_saturated(best: SweepPoint | None, cores: int) -> bool:
+    """Whether (nearly) every core was busy during the best loader run: its own processes' plus what other
+    processes took. Then no more CPU was to be had, whatever the one-process ceiling predicts."""
     if best is None or not best.cores_busy:
         return False
-    return best.cores_busy >= CORES_SATURATED * (lim.cores_left if lim.cores_left is not None else lim.cores)
+    return best.cores_busy + (best.other_cores_busy or 0.0) >= CORES_SATURATED * cores
 
 
 def _loader_cpu_ms(best: SweepPoint | None, supply) -> float | None:
@@ -447,8 +452,10 @@ def _cpu(report: ProfileReport, c, lim: Ceiling, supply, top: StageCost | None, 
     cores = lim.cores
     in_loader = _loader_cpu_ms(best, supply)
     if in_loader and supply < LOADER_SHORT * lim.samples_s:
-        v.evidence.append(f"the loader's processes kept {best.cores_busy:.2f} of {cores} cores busy, so the CPU "
-                          f"is the limit although the loader reached only {_pct(supply, lim.samples_s)} of the "
+        others = (f" (and other processes {best.other_cores_busy:.2f})"
+                  if best.other_cores_busy and best.other_cores_busy >= 0.05 else "")
+        v.evidence.append(f"the loader's processes kept {best.cores_busy:.2f} of {cores} cores busy{others}, so "
+                          f"the CPU is the limit although the loader reached only {_pct(supply, lim.samples_s)} of the "
                           f"one-process ceiling: each sample cost {in_loader:.2f} ms of CPU in the loader against "
                           f"{cpu.per_sample_cpu_ms:.2f} ms in one process")
         v.actions.append(f"In the loader a sample costs {in_loader / cpu.per_sample_cpu_ms:.1f}x the CPU it "
