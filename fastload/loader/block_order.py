@@ -1,10 +1,11 @@
 """``order="block"``: the order for remote datasets and datasets bigger than the page cache.
 
 Blocks of consecutive records (the storage's fetch unit, about 8 MiB each) are drawn in a random order per
-epoch, and the samples of a window of ``window`` blocks are shuffled together. Distributed ranks get whole
-blocks (rank ``r`` takes blocks ``r, r + W, ...`` of the epoch's block order), so a rank fetches only its
-own blocks. The order is a function of (seed, epoch, world size) only, and it pads / cuts ranks to equal
-length like ``DistributedSampler``.
+epoch, and the samples of a window of ``window`` blocks are shuffled together. Distributed ranks get
+contiguous runs of the epoch's block order, cut at the records that split the epoch evenly (rank ``r`` takes
+records ``r * N // W`` to ``(r + 1) * N // W`` of it), so a rank fetches its own blocks and at most the two
+it shares with its neighbours, and ranks differ by at most one sample, which is padded (or cut, with
+``drop_last``) as ``DistributedSampler`` does. The order is a function of (seed, epoch, world size) only.
 
 Resume keeps the ``DistributedOrder`` contract: the *global* order is the ranks' streams interleaved
 (position ``t * W + r`` is rank ``r``'s ``t``-th sample), so "every rank consumed ``c`` samples" is a prefix
@@ -79,14 +80,27 @@ class BlockOrder(DistributedOrder):
         self.read_ahead_stats = None
 
     # -- the order ----------------------------------------------------------------------------------
-    def _stream(self, world: int, r: int) -> np.ndarray:
+    def _pieces(self, world: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rank ``r``'s run of the epoch's block order: (first record, length) of each piece, whole blocks
+        but for the two ends, where a block is cut at the record that splits the records evenly."""
         B = len(self.first)
         perm = _philox(self.seed, self.epoch, 1).permutation(B) if self.shuffle else np.arange(B)
-        mine = perm[r::world]
-        lens = self.stop[mine] - self.first[mine]
+        lens = self.stop[perm] - self.first[perm]
+        ends = np.cumsum(lens)
+        n = int(ends[-1]) if B else 0
+        a, b = r * n // world, (r + 1) * n // world
+        if b <= a:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        i0, i1 = int(np.searchsorted(ends, a, side="right")), int(np.searchsorted(ends, b, side="left"))
+        starts = ends[i0:i1 + 1] - lens[i0:i1 + 1]
+        lo, hi = np.maximum(starts, a), np.minimum(ends[i0:i1 + 1], b)
+        return self.first[perm[i0:i1 + 1]] + (lo - starts), hi - lo
+
+    def _stream(self, world: int, r: int) -> np.ndarray:
+        heads, lens = self._pieces(world, r)
         ends = np.cumsum(lens)
         total = int(ends[-1]) if len(ends) else 0
-        idx = np.arange(total, dtype=np.int64) - np.repeat(ends - lens, lens) + np.repeat(self.first[mine], lens)
+        idx = np.arange(total, dtype=np.int64) - np.repeat(ends - lens, lens) + np.repeat(heads, lens)
         if self.shuffle:
             rng = _philox(self.seed, self.epoch, 2, world, r)
             bounds = [0] + ends[self.window - 1::self.window].tolist() + [total]
