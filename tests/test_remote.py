@@ -405,10 +405,16 @@ def test_convert_api_to_a_url_uploads_manifest_last_and_refuses_to_overwrite(pho
     with pytest.raises(FileExistsError, match="api-photos"):
         fastload.convert(photo_folder, url, workers=0, progress=False, storage_options=opts)
     assert fs.exists("bkt/api-photos/manifest.json")      # the refused call left the dataset as it was
+    fs.pipe_file("bkt/api-photos/notes.txt", b"not fastload's")
     again = fastload.convert(photo_folder, url, shard_size="1MB", workers=0, progress=False, overwrite=True,
                              storage_options=opts)
     assert again.shards < summary.shards and len(fastload.ShardDataset(url, storage_options=opts,
                                                                        cache_dir=tmp_path / "c2")) == 40
+    # the old shards the new manifest does not list are gone; a file the old manifest did not name stays
+    fs.invalidate_cache()
+    left = sorted(p.rsplit("/", 1)[1] for p in fs.ls("bkt/api-photos"))
+    assert len([n for n in left if n.endswith(".fls")]) == again.shards, left
+    assert {"manifest.json", "notes.txt"} <= set(left), left
     with pytest.raises(ValueError, match="backend='shards'"):
         fastload.convert(photo_folder, "s3://bkt/lmdb", backend="lmdb", workers=0, progress=False,
                          storage_options=opts)
