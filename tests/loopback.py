@@ -129,11 +129,13 @@ class FaultProxy:
         self._rng_lock = threading.Lock()
         self._bw_lock = threading.Lock()
         self._bw_next = time.monotonic()
+        self.spans: list[tuple[float, float, int]] = []    # (start, end, body bytes) of each answered GET
         outer = self
 
         class Handler(_Quiet):
             def _forward(self, method: str) -> None:
                 f = outer.faults
+                t0 = time.monotonic()
                 with outer._rng_lock:
                     r = outer._rng.random()
                 if f.latency:
@@ -182,6 +184,9 @@ class FaultProxy:
                 outer._throttle(len(body))
                 self.wfile.write(body)
                 outer.counters.add(len(body))
+                if method == "GET":
+                    with outer.counters.lock:
+                        outer.spans.append((t0, time.monotonic(), len(body)))
 
             def _drop(self) -> None:
                 self.close_connection = True
@@ -221,6 +226,19 @@ class FaultProxy:
             self._bw_next = start + nbytes / bw
             wait = self._bw_next - now
         time.sleep(max(0.0, wait))
+
+    def peak_in_flight(self, min_bytes: int = 0, slack: float = 0.002) -> int:
+        """The most answered GETs of at least ``min_bytes`` that were in progress at once. A handler notes
+        its end only once it has the GIL back, after the client may already have sent its next request:
+        ends count ``slack`` seconds early."""
+        with self.counters.lock:
+            spans = [(a, b) for a, b, n in self.spans if n >= min_bytes]
+        events = sorted([(a, 1) for a, _ in spans] + [(b - slack, -1) for _, b in spans])
+        peak = now = 0
+        for _, d in events:
+            now += d
+            peak = max(peak, now)
+        return peak
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -292,8 +310,12 @@ def _control_server(root: str | None, s3: bool) -> None:
                 c = proxies[int(q["port"])] if "port" in q else servers["range"]
                 body = {"requests": c.counters.requests, "bytes": c.counters.bytes,
                         "injected": getattr(c, "injected", Counters()).requests}
+                if isinstance(c, FaultProxy):
+                    body["peak_in_flight"] = c.peak_in_flight(int(q.get("min_bytes", 0)))
                 if q.get("reset") == "1":
                     c.counters.reset()
+                    if isinstance(c, FaultProxy):
+                        c.spans.clear()
             elif u.path == "/bucket":
                 servers["s3"].make_bucket(q["name"])
                 body = {}
@@ -321,8 +343,9 @@ class Proxy:
     def set(self, **faults) -> None:
         self._s._get("/set", port=self.port, **{k: (int(v) if isinstance(v, bool) else v) for k, v in faults.items()})
 
-    def stats(self, reset: bool = False) -> dict:
-        return self._s._get("/stats", port=self.port, reset=int(reset))
+    def stats(self, reset: bool = False, min_bytes: int = 0) -> dict:
+        """Requests and bytes answered; ``peak_in_flight``: most GETs of ``min_bytes`` or more at once."""
+        return self._s._get("/stats", port=self.port, reset=int(reset), min_bytes=min_bytes)
 
 
 class Servers:

@@ -307,9 +307,9 @@ def test_torchrun_two_ranks_share_one_cache_each_block_downloaded_once(local_ds,
     assert len(idx[0] & idx[1]) <= 2 * 8     # padding only
 
 
-def _job(url, cache, limit, seed, out) -> subprocess.Popen:
+def _job(url, cache, limit, seed, out, **env_vars) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
+                                                        os.environ.get("PYTHONPATH", "")]), **env_vars}
     return subprocess.Popen([sys.executable, str(Path(__file__).parent / "remote_job.py"), url, str(cache),
                              str(limit), str(seed), str(out)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -341,8 +341,10 @@ def test_two_jobs_share_a_cache_and_ctrl_c_leaves_it_consistent(local_ds, server
     proxy = servers.proxy(http_url, bandwidth=3e6)
     cache = tmp_path / "shared"
     url = f"{proxy.url}/ds"
-    jobs = [_job(url, cache, int(total * 0.9), seed, tmp_path / f"j{seed}.json") for seed in (1, 2)]
-    victim = _job(url, cache, int(total * 0.9), 3, tmp_path / "victim.json")
+    # at most 4 block downloads in flight on the node, whatever the 3 jobs' read-aheads (8 each) ask for
+    slots = {"FASTLOAD_NODE_FETCHES": "4"}
+    jobs = [_job(url, cache, int(total * 0.9), seed, tmp_path / f"j{seed}.json", **slots) for seed in (1, 2)]
+    victim = _job(url, cache, int(total * 0.9), 3, tmp_path / "victim.json", **slots)
     time.sleep(3.0)
     victim.send_signal(signal.SIGINT)          # Ctrl-C in the middle of its epoch
     victim.wait(timeout=60)
@@ -353,6 +355,7 @@ def test_two_jobs_share_a_cache_and_ctrl_c_leaves_it_consistent(local_ds, server
         assert sorted(json.loads((tmp_path / f"j{seed}.json").read_text())) == want
     assert _check_present_blocks(cache, local_ds) > 0
     assert disk_usage(cache) <= int(total * 0.9)
+    assert proxy.stats(min_bytes=64 << 10)["peak_in_flight"] <= 4       # block GETs (128 KiB); not the tails
 
 
 def test_profile_cli_on_a_url_reports_storage_order_and_read_ahead(local_ds, servers, http_url, tmp_path, capsys):

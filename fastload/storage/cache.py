@@ -11,7 +11,10 @@ start), so the native reader mmaps it and the zero-copy decode path is unchanged
   and find it present (each block is downloaded once per node; a dead process's locks vanish with it).
 
 Cache-wide (``<cache_dir>/``): ``.reserve.lock`` serialises space reservations; ``.inflight/`` holds the bytes
-reserved by fetches in progress; ``.pins/`` the blocks each live loader pins (queued for its coming batches).
+reserved by fetches in progress; ``.pins/`` the blocks each live loader pins (queued for its coming batches);
+``.fetch-slots/<i>``: ``FASTLOAD_NODE_FETCHES`` lock files (16 by default), one held by each download in
+progress, so all the read-aheads and workers of every rank and job on the node together keep at most that
+many requests in flight.
 Disk use is measured (allocated blocks of the sparse files), so ``cache_limit`` bounds what is really on disk.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ import fcntl
 import json
 import mmap
 import os
+import random
 import threading
 import time
 import zlib
@@ -35,6 +39,7 @@ from fastload.errors import CorruptRecordError, StorageError
 from fastload.liveness import pid_alive
 from fastload.storage.blocks import PAGE, BlockTable
 
+NODE_FETCHES_ENV = "FASTLOAD_NODE_FETCHES"
 _FALLOC_PUNCH = 0x01 | 0x02        # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 _libc = ctypes.CDLL(None, use_errno=True)   # the C library already loaded (find_library would run gcc)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
@@ -138,6 +143,15 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
+def node_fetches() -> int:
+    """Downloads in flight at most, node-wide (``FASTLOAD_NODE_FETCHES``, default 16)."""
+    raw = os.environ.get(NODE_FETCHES_ENV, "")
+    try:
+        return max(1, int(raw)) if raw else 16
+    except ValueError:
+        raise ValueError(f"{NODE_FETCHES_ENV} must be a whole number, got {raw!r}") from None
+
+
 @dataclass
 class Reservation:
     path: Path | None
@@ -150,12 +164,36 @@ class CacheRoot:
     def __init__(self, root: Path, limit: int):
         self.root, self.limit = root, limit
         self.pid = os.getpid()
-        for d in (root, root / ".inflight", root / ".pins"):
+        for d in (root, root / ".inflight", root / ".pins", root / ".fetch-slots"):
             d.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(root / ".reserve.lock", os.O_RDWR | os.O_CREAT, 0o644)
         self._tlock = threading.Lock()
         self._seq = 0
         self._datasets: dict[str, tuple[float, BlockTable, list[str]]] = {}
+
+    @contextmanager
+    def fetch_slot(self) -> Iterator[None]:
+        """Hold one of the node's :func:`node_fetches` download slots (``flock``: a dead process's slot is
+        free at once) for one request."""
+        n = node_fetches()
+        d = self.root / ".fetch-slots"
+        first, delay = random.randrange(n), 0.002
+        while True:
+            for i in range(n):
+                fd = os.open(d / str((first + i) % n), os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)    # also for a worker forked meanwhile, which shares the fd
+                    os.close(fd)
+                return
+            time.sleep(delay)
+            delay = min(2 * delay, 0.05)
 
     # -- pins ---------------------------------------------------------------------------------------
     def write_pins(self, name: str, key: str, hard: np.ndarray, soft: np.ndarray) -> None:
@@ -348,7 +386,8 @@ class BlockCache:
         try:
             from fastload.storage.ranged import read_range
             for attempt in (1, 2):
-                data = read_range(url, start, end, self.options, self.policy, shard=self.files[k], block=b)
+                with self.root.fetch_slot():
+                    data = read_range(url, start, end, self.options, self.policy, shard=self.files[k], block=b)
                 bad = self._bad_record(b, data)
                 if bad is None:
                     break
