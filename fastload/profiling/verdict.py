@@ -458,9 +458,15 @@ def _cpu(report: ProfileReport, c, lim: Ceiling, supply, top: StageCost | None, 
                           f"the CPU is the limit although the loader reached only {_pct(supply, lim.samples_s)} of the "
                           f"one-process ceiling: each sample cost {in_loader:.2f} ms of CPU in the loader against "
                           f"{cpu.per_sample_cpu_ms:.2f} ms in one process")
+        busy = best.workers_busy
+        where = (f"the workers were busy only {busy:.0%} of the time, so the main process (receiving, "
+                 "unpickling, collating batches) takes much of it: a ShardDataset's in-place batches avoid that"
+                 if busy is not None and busy < 0.7 else
+                 "vCPUs that share physical cores (SMT) or memory bandwidth slow parallel work, and the "
+                 "loader's own hand-over between processes adds some")
         v.actions.append(f"In the loader a sample costs {in_loader / cpu.per_sample_cpu_ms:.1f}x the CPU it "
-                         "costs in one process: vCPUs that share physical cores (SMT) or memory bandwidth slow "
-                         "parallel decoding; cheaper samples (smaller stored images) help more than more workers.")
+                         f"costs in one process: {where}. Cheaper samples (smaller stored images) help more "
+                         "than more workers.")
     if best is not None and best.workers < cores and not v.background_cores:
         v.actions.append(f"num_workers={cores}: the best run had {best.workers} workers for {cores} cores.")
     cmp_ = report.compare
