@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 STALL_OK = 10.0        # % data stall under which the step, not the data, is the bottleneck
 LOADER_SHORT = 0.6     # loader throughput under this fraction of the lowest ceiling: the loader is the bound
-CORES_SATURATED = 0.85  # the loader's process tree kept this fraction of the cores it could have busy: CPU-bound
+CORES_SATURATED = 0.85  # this share of the cores busy in the best run (its processes + others): the CPU is spent
 
 
 class Bound(str, Enum):
