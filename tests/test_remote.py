@@ -120,6 +120,42 @@ def test_http_loader_epoch_workers_and_exact_resume_from_cold_cache(local_ds, ht
     _same(full[3:], rest)
 
 
+def test_present_blocks_are_rechecked_after_a_reboot(local_ds, servers, http_url, tmp_path):
+    """A power loss can leave a block marked present whose bytes never reached the disk: the first open in a
+    new boot re-checks every present block and fetches the damaged ones again."""
+    from fastload.storage.reboot import BOOT, boot_id
+    if boot_id() is None:
+        pytest.skip("no boot id on this system")
+    url, cache = f"{http_url}/ds", tmp_path / "c"
+    ds = _ds(url, cache)
+    want = [bytes(ds.reader.get(i, "image")) for i in range(len(ds))]       # every block fetched once
+    d = ds.reader.path
+    assert (d / BOOT).read_text() == boot_id()
+    table = ds.reader.blocks
+    files = [p.name for p in sorted(local_ds.glob("*.fls"))]
+    present = np.fromfile(d / "present", np.uint8)
+    assert present.all()
+    # what a lost write leaves: zeros where block 3's bytes were, its mark still set; and the cache last
+    # checked in another boot
+    b = 3
+    with open(d / files[int(table.shard[b])], "r+b") as f:
+        f.seek(int(table.start[b]))
+        f.write(bytes(int(table.end[b] - table.start[b])))
+    (d / BOOT).write_text("another-boot")
+    servers.range_stats(reset=True)
+    again = _ds(url, cache)
+    assert np.fromfile(d / "present", np.uint8).sum() == len(present) - 1      # only block 3 cleared
+    assert [bytes(again.reader.get(i, "image")) for i in range(len(again))] == want
+    manifest = (local_ds / "manifest.json").stat().st_size
+    got = servers.range_stats()                            # the manifest, then block 3 and nothing else
+    assert got["requests"] == 2 and got["bytes"] == manifest + int(table.end[b] - table.start[b]), got
+    assert (d / BOOT).read_text() == boot_id()
+    # the same boot again: nothing re-checked, nothing fetched
+    servers.range_stats(reset=True)
+    _ds(url, cache)
+    assert servers.range_stats() == {"requests": 1, "bytes": manifest, "injected": 0}
+
+
 def test_local_block_order_reads_ahead_and_matches_remote_order(local_ds, http_url, tmp_path):
     local = fastload.ShardDataset(local_ds, transforms=TF, block_bytes=BLOCK)
     a, loader = _batches(local, order="block", num_workers=0)

@@ -7,6 +7,7 @@ start), so the native reader mmaps it and the zero-copy decode path is unchanged
 * ``present``: one byte per block, 1 once every record of the block passed its crc32 and was written; set
   after the bytes, cleared before an eviction punches the block's pages out, so a block written partly (a
   process killed mid-write) or being evicted never counts as present;
+* ``boot``: the boot its present marks were last checked in (``reboot.py`` re-checks them after a restart);
 * ``locks/<block>``: one lock file per block: the first process to lock a block fetches it, the others wait
   and find it present (each block is downloaded once per node; a dead process's locks vanish with it).
 
@@ -150,6 +151,21 @@ def node_fetches() -> int:
         return max(1, int(raw)) if raw else 16
     except ValueError:
         raise ValueError(f"{NODE_FETCHES_ENV} must be a whole number, got {raw!r}") from None
+
+
+def bad_record(table: BlockTable, index: np.ndarray, b: int, data: bytes) -> int | None:
+    """The shard record number of the first record of block ``b`` (bytes ``data``) whose crc32 fails, else
+    None; ``index``: the index of the block's shard."""
+    k = int(table.shard[b])
+    base = int(table.first[b]) - int(table.first[np.searchsorted(table.shard, k)])
+    rows = index[base:base + int(table.stop[b] - table.first[b])]
+    mv = memoryview(data)
+    start = int(table.start[b])
+    for j, (off, length, crc) in enumerate(zip(rows["_offset"].tolist(), rows["_length"].tolist(),
+                                               rows["_crc32"].tolist())):
+        if zlib.crc32(mv[off - start:off - start + length]) != crc:
+            return base + j
+    return None
 
 
 @dataclass
@@ -404,19 +420,7 @@ class BlockCache:
             self.root.release(r)
 
     def _bad_record(self, b: int, data: bytes) -> int | None:
-        """The shard record number of the first record of block ``b`` whose crc32 fails, else None."""
-        t = self.table
-        k = int(t.shard[b])
-        index = self.index_of(k)
-        base = int(t.first[b]) - int(t.first[np.searchsorted(t.shard, k)])
-        rows = index[base:base + int(t.stop[b] - t.first[b])]
-        mv = memoryview(data)
-        start = int(t.start[b])
-        for j, (off, length, crc) in enumerate(zip(rows["_offset"].tolist(), rows["_length"].tolist(),
-                                                   rows["_crc32"].tolist())):
-            if zlib.crc32(mv[off - start:off - start + length]) != crc:
-                return base + j
-        return None
+        return bad_record(self.table, self.index_of(int(self.table.shard[b])), b, data)
 
     def close(self) -> None:
         for fd in self._fds.values():

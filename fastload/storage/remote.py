@@ -24,6 +24,7 @@ from fastload.formats.shard import LEAD, MAGIC, TRAILER, TRAILER_MAGIC, TRAILER_
 from fastload.storage.blocks import DEFAULT_BLOCK_BYTES, BlockTable
 from fastload.storage.cache import BlockCache, CacheRoot, default_cache_dir, parse_limit
 from fastload.storage.ranged import RetryPolicy, read_range, read_whole
+from fastload.storage.reboot import mark_checked, recheck_after_reboot
 from fastload.storage.url import join
 
 HEADER_SLACK = 16 << 10   # a shard header is its schema's JSON plus a few hundred bytes
@@ -106,6 +107,7 @@ def _prepare(d: Path, url: str, manifest_bytes: bytes, m: Manifest, opts: Remote
     (tmp / "fetched").write_bytes(bytes(8 * len(table)))
     (tmp / "remote.json").write_text(json.dumps({"url": url, "files": [s.file for s in m.shards],
                                                  "block_bytes": opts.block_bytes}))
+    mark_checked(tmp)
     (tmp / MANIFEST).write_bytes(manifest_bytes)
     os.rename(tmp, d)
 
@@ -142,14 +144,16 @@ def open_cached(opts: RemoteOptions) -> tuple[Path, CacheRoot]:
                           "environment file): convert it with --backend shards", url)
     d = root_dir / dataset_key(url, raw, opts.block_bytes)
     _reclaim_unfinished(root_dir)
+    lock = root_dir / f".open-{d.name}.lock"
     if not (d / MANIFEST).exists():
-        fd = os.open(root_dir / f".open-{d.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if not (d / MANIFEST).exists():
                 _prepare(d, url, raw, m, opts)
         finally:
             os.close(fd)
+    recheck_after_reboot(d, lock)
     return d, root
 
 
