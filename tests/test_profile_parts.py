@@ -222,6 +222,16 @@ def test_verdict_rules():
     assert v.bound == "decode" and v.resource == "cpu", v.headline
     assert v.ceilings["cpu"].samples_s == pytest.approx(106 * 1.9, rel=0.01)
     assert not any("underestimate" in e for e in v.evidence)
+    # ... but a loader 3x what all the cores allow is the probe's overhead, whatever the background load
+    for others in (0.2, 0.3):
+        rep = _report(storage_rps=50_000, cpu_s=1000, loader=3000, others=others)
+        rep.sweep.points[0].cores_busy = 3.3
+        v = decide(rep)
+        assert v.bound == "loader" and any("underestimate" in e for e in v.evidence), (others, v.headline)
+    # one worker using half of the one core others left: the loader, not the CPU
+    rep = _report(storage_rps=50_000, cpu_s=1000, loader=50, others=3.0)
+    rep.sweep.points[0].workers, rep.sweep.points[0].cores_busy = 1, 0.5
+    assert decide(rep).bound == "loader"
     # a one-reader storage number the loader beat is a lower bound, not the limit
     v = decide(_report(storage_rps=300, cpu_s=1000, loader=900))
     assert v.bound == "decode" and any("lower bound" in e for e in v.evidence)

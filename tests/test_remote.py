@@ -143,8 +143,10 @@ def test_present_blocks_are_rechecked_after_a_reboot(local_ds, servers, http_url
         f.write(bytes(int(table.end[b] - table.start[b])))
     (d / BOOT).write_text("another-boot")
     servers.range_stats(reset=True)
+    used = disk_usage(cache)
     again = _ds(url, cache)
-    assert np.fromfile(d / "present", np.uint8).sum() == len(present) - 1      # only block 3 cleared
+    assert np.fromfile(d / "present", np.uint8).sum() == len(present) - 1      # only block 3 cleared ...
+    assert used - disk_usage(cache) >= int(table.end[b] - table.start[b]) - 2 * 4096   # ... and its pages freed
     assert [bytes(again.reader.get(i, "image")) for i in range(len(again))] == want
     manifest = (local_ds / "manifest.json").stat().st_size
     got = servers.range_stats()                            # the manifest, then block 3 and nothing else

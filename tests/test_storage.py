@@ -100,3 +100,76 @@ def test_upload_puts_the_manifest_last(photo_folder, tmp_path):
         assert len(ds) == 40
     finally:
         servers.close()
+
+
+def test_an_old_manifest_naming_manifest_json_as_a_shard_never_deletes_the_new_one(photo_folder, tmp_path):
+    import json
+    from fastload.storage.upload import upload_dataset
+    local = tmp_path / "ds"
+    fastload.convert(photo_folder, local, shard_size="300KB", workers=0, progress=False)
+    dst = tmp_path / "published"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("not fastload's")
+    old = json.loads((local / "manifest.json").read_text())
+    old["shards"][0]["file"] = "manifest.json"          # a hand-edited or hostile, but valid, old manifest
+    old["shards"][1]["file"] = "stale-00009.fls"
+    (dst / "manifest.json").write_text(json.dumps(old))
+    (dst / "stale-00009.fls").write_bytes(b"old")
+    upload_dataset(local, f"file://{dst}")
+    names = sorted(p.name for p in dst.iterdir())
+    assert "manifest.json" in names and "notes.txt" in names and "stale-00009.fls" not in names, names
+    assert len(fastload.ShardDataset(dst)) == 40
+
+
+def test_bad_node_fetches_is_refused_when_the_cache_opens(tmp_path, monkeypatch):
+    from fastload.storage.cache import CacheRoot
+    for bad in ("abc", "0", "-5"):
+        monkeypatch.setenv("FASTLOAD_NODE_FETCHES", bad)
+        with pytest.raises(ValueError, match="FASTLOAD_NODE_FETCHES must be a whole number >= 1"):
+            CacheRoot(tmp_path / "c", 1 << 30)
+    monkeypatch.setenv("FASTLOAD_NODE_FETCHES", "3")
+    assert CacheRoot(tmp_path / "c", 1 << 30).fetches == 3
+
+
+_SLOT_HOLDER = r"""
+import os, sys, time
+from pathlib import Path
+from fastload.storage.cache import CacheRoot
+root = CacheRoot(Path(sys.argv[1]), 1 << 30)
+with root.fetch_slot(time.monotonic() + 5, True, "http://x/d", "s.fls", 0):
+    child = os.fork()
+    if child == 0:               # a loader worker forked while the main process downloads
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        time.sleep(30)
+        os._exit(0)
+    print(child, flush=True)
+    os._exit(0)                  # the main process dies mid-download
+"""
+
+
+def test_download_slots_free_when_their_holder_dies_and_a_full_node_errs_not_hangs(tmp_path, monkeypatch):
+    import subprocess
+    import time
+    from fastload.storage.cache import CacheRoot
+    monkeypatch.setenv("FASTLOAD_NODE_FETCHES", "1")
+    cache = tmp_path / "c"
+    p = subprocess.run([sys.executable, "-c", _SLOT_HOLDER, str(cache)], capture_output=True, text=True,
+                       timeout=60)
+    child = int(p.stdout.strip() or 0)
+    assert p.returncode == 0 and child, p.stderr
+    try:
+        os.kill(child, 0)                      # the holder's forked child is still alive ...
+        root = CacheRoot(cache, 1 << 30)
+        t0 = time.monotonic()
+        with root.fetch_slot(time.monotonic() + 3, True, "http://x/d", "s.fls", 7):   # ... yet the slot is free
+            assert time.monotonic() - t0 < 1.0
+            # every slot held (here, by this process): the next fetch fails by its deadline, naming the block
+            t1 = time.monotonic()
+            with pytest.raises(StorageError, match="no download slot came free") as e:
+                with root.fetch_slot(time.monotonic() + 0.5, False, "http://x/d", "s.fls", 7):
+                    pass
+            assert 0.4 < time.monotonic() - t1 < 5 and "http://x/d" in str(e.value) and "7" in str(e.value)
+    finally:
+        os.kill(child, 9)

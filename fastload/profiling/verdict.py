@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 STALL_OK = 10.0        # % data stall under which the step, not the data, is the bottleneck
 LOADER_SHORT = 0.6     # loader throughput under this fraction of the lowest ceiling: the loader is the bound
-CORES_SATURATED = 0.85  # this share of the cores busy in the best run (its processes + others): the CPU is spent
+CORES_SATURATED = 0.85  # the best run kept this share of the cores others left it busy: the CPU is spent
 
 
 class Bound(str, Enum):
@@ -274,9 +274,12 @@ def decide(report: ProfileReport) -> Verdict:
                          f"bound: the loader read faster ({_f(supply)}/s): parallel reads, or the probe's own per-record cost")
         del resources["storage"]
     saturated = "cpu" in resources and _cores_saturated(best_point(report), resources["cpu"].cores)
-    # on a machine others kept busy, a loader that beat the CPU left to it did so because the one-process
-    # probe, run under the same contention, came out slow: the CPU is still what limits it
-    beat_under_load = saturated and bool(v.background_cores)
+    # on a machine others kept busy, a loader that beat the CPU left to it (but not what all the cores
+    # allow) did so because the one-process probe, run under the same contention, came out slow: the CPU is
+    # still what limits it
+    nominal = c["cpu"].nominal_samples_s if "cpu" in c and c["cpu"].nominal_samples_s else None
+    beat_under_load = (saturated and bool(v.background_cores) and nominal is not None
+                       and bool(supply) and supply <= 1.1 * nominal)
     if "cpu" in resources and supply and supply > 1.1 * resources["cpu"].samples_s and not beat_under_load:
         set_aside.append(f"the CPU ceiling ({_f(resources['cpu'].samples_s)}/s, timed one sample at a time) is "
                          f"an underestimate: the loader ran faster ({_f(supply)}/s) - per-sample costs this small "
@@ -424,11 +427,13 @@ def _storage(report: ProfileReport, c, lim: Ceiling, supply, v: Verdict) -> None
 
 
 def _cores_saturated(best: SweepPoint | None, cores: int) -> bool:
-    """Whether (nearly) every core was busy during the best loader run: its own processes' plus what other
-    processes took. Then no more CPU was to be had, whatever the one-process ceiling predicts."""
+    """Whether the best loader run kept (nearly) every core it could have had busy: all of them, less what
+    other processes took (but at least what it got). Then no more CPU was to be had, whatever the
+    one-process ceiling predicts."""
     if best is None or not best.cores_busy:
         return False
-    return best.cores_busy + (best.other_cores_busy or 0.0) >= CORES_SATURATED * cores
+    left = max(cores - (best.other_cores_busy or 0.0), best.cores_busy)
+    return best.cores_busy >= CORES_SATURATED * left
 
 
 def _loader_cpu_ms(best: SweepPoint | None, supply) -> float | None:

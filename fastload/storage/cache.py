@@ -111,12 +111,19 @@ def _file_lock(fd: int, thread_lock: threading.Lock) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+_held_fds: set[int] = set()     # lock files this process holds right now (closed in forked children)
+
+
 @contextmanager
 def _path_lock(path: Path, thread_lock: threading.Lock) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         with _file_lock(fd, thread_lock):
-            yield
+            _held_fds.add(fd)
+            try:
+                yield
+            finally:
+                _held_fds.discard(fd)
     finally:
         os.close(fd)
 
@@ -139,6 +146,14 @@ def _after_fork() -> None:
     global _block_locks_guard
     _block_locks.clear()                     # a parent thread may have held one at the fork
     _block_locks_guard = threading.Lock()
+    # a flock belongs to the open file: a worker keeping the parent's copy would keep the parent's block
+    # and download-slot locks held after the parent died
+    for fd in list(_held_fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_fds.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -146,11 +161,17 @@ os.register_at_fork(after_in_child=_after_fork)
 
 def node_fetches() -> int:
     """Downloads in flight at most, node-wide (``FASTLOAD_NODE_FETCHES``, default 16)."""
-    raw = os.environ.get(NODE_FETCHES_ENV, "")
+    raw = os.environ.get(NODE_FETCHES_ENV, "").strip()
+    if not raw:
+        return 16
     try:
-        return max(1, int(raw)) if raw else 16
+        n = int(raw)
     except ValueError:
-        raise ValueError(f"{NODE_FETCHES_ENV} must be a whole number, got {raw!r}") from None
+        n = 0
+    if n < 1:
+        raise ValueError(f"{NODE_FETCHES_ENV} must be a whole number >= 1 (downloads in flight on this node), "
+                         f"got {raw!r}")
+    return n
 
 
 def bad_record(table: BlockTable, index: np.ndarray, b: int, data: bytes) -> int | None:
@@ -186,12 +207,14 @@ class CacheRoot:
         self._tlock = threading.Lock()
         self._seq = 0
         self._datasets: dict[str, tuple[float, BlockTable, list[str]]] = {}
+        self.fetches = node_fetches()        # a bad FASTLOAD_NODE_FETCHES fails here, not mid-epoch
 
     @contextmanager
-    def fetch_slot(self) -> Iterator[None]:
-        """Hold one of the node's :func:`node_fetches` download slots (``flock``: a dead process's slot is
-        free at once) for one request."""
-        n = node_fetches()
+    def fetch_slot(self, deadline: float, demand: bool, url: str, shard: str, block: int) -> Iterator[None]:
+        """Hold one of the node's download slots (``flock``: a dead process's slot is free at once) for one
+        request. A fetch the loader waits on (``demand``) polls every 2 ms, a read-ahead backs off to 50 ms,
+        so demand fetches come first; none waits past ``deadline`` (slots held by a stopped job, say)."""
+        n = self.fetches
         d = self.root / ".fetch-slots"
         first, delay = random.randrange(n), 0.002
         while True:
@@ -202,14 +225,21 @@ class CacheRoot:
                 except BlockingIOError:
                     os.close(fd)
                     continue
+                _held_fds.add(fd)
                 try:
                     yield
                 finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)    # also for a worker forked meanwhile, which shares the fd
+                    _held_fds.discard(fd)
+                    fcntl.flock(fd, fcntl.LOCK_UN)
                     os.close(fd)
                 return
+            if time.monotonic() + delay > deadline:
+                raise StorageError(f"no download slot came free (all {n} of this node's {NODE_FETCHES_ENV} "
+                                   f"slots in {d} were held throughout): a stopped or hung job on this node "
+                                   "holds them?", url, shard, block)
             time.sleep(delay)
-            delay = min(2 * delay, 0.05)
+            if not demand:
+                delay = min(2 * delay, 0.05)
 
     # -- pins ---------------------------------------------------------------------------------------
     def write_pins(self, name: str, key: str, hard: np.ndarray, soft: np.ndarray) -> None:
@@ -402,7 +432,7 @@ class BlockCache:
         try:
             from fastload.storage.ranged import read_range
             for attempt in (1, 2):
-                with self.root.fetch_slot():
+                with self.root.fetch_slot(deadline, demand, url, self.files[k], b):
                     data = read_range(url, start, end, self.options, self.policy, shard=self.files[k], block=b)
                 bad = self._bad_record(b, data)
                 if bad is None:

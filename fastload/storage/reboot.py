@@ -19,7 +19,7 @@ import numpy as np
 
 from fastload.formats.shard import ShardReader
 from fastload.storage.blocks import BlockTable
-from fastload.storage.cache import bad_record
+from fastload.storage.cache import bad_record, punch_hole
 
 BOOT = "boot"
 
@@ -97,4 +97,11 @@ def _clear_bad_blocks(d: Path) -> int:
                 os.pwrite(pfd, b"\x00", b)
         finally:
             os.close(pfd)
+        for b in failed:      # unmarked blocks are never evicted: give their pages back now
+            k = int(table.shard[b])
+            fd = os.open(d / files[k], os.O_RDWR)
+            try:
+                punch_hole(fd, int(table.start[b]), int(table.end[b]))
+            finally:
+                os.close(fd)
     return len(failed)

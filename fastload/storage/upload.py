@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from fastload.errors import FormatError, StorageError
@@ -52,11 +53,14 @@ def upload_dataset(local: str | os.PathLike, url: str, storage_options: dict | N
             fs.put_file(str(Path(local) / s.file), join(base, s.file))
             total += s.num_bytes
         fs.put_file(str(Path(local) / MANIFEST), join(base, MANIFEST))
-        for name in sorted(old - {s.file for s in m.shards}):
-            try:
-                fs.rm_file(join(base, name))
-            except FileNotFoundError:
-                pass
     except (OSError, ValueError) as e:
         raise StorageError(f"upload failed: {type(e).__name__}: {e}", url) from None
+    for name in sorted(old - {s.file for s in m.shards} - {MANIFEST}):
+        try:
+            fs.rm_file(join(base, name))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:     # the new dataset is complete: say so, do not fail
+            warnings.warn(f"fastload: uploaded {url}, but could not remove the old shard {name} it no longer "
+                          f"lists: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
     return total
