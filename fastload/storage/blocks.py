@@ -40,6 +40,17 @@ class BlockTable:
         first_page, end_page = self.start // PAGE, -(-self.end // PAGE)
         return (end_page - first_page + 1) * PAGE
 
+    def save(self, path) -> None:
+        """Write the table to ``path`` (``.npz``), as a cached dataset's ``blocks.npz``."""
+        np.savez(path, shard=self.shard, first=self.first, stop=self.stop, start=self.start, end=self.end,
+                 block_bytes=np.int64(self.block_bytes))
+
+    @classmethod
+    def load(cls, path) -> "BlockTable":
+        """The table :meth:`save` wrote to ``path``."""
+        with np.load(path) as z:
+            return cls(z["shard"], z["first"], z["stop"], z["start"], z["end"], int(z["block_bytes"]))
+
     def block_of(self, index: int) -> int:
         """The block holding global record ``index``."""
         return int(np.searchsorted(self.stop, index, side="right"))

@@ -319,9 +319,7 @@ class CacheRoot:
             return None
         hit = self._datasets.get(key)
         if hit is None or hit[0] != mtime:
-            with np.load(d / "blocks.npz") as z:
-                table = BlockTable(z["shard"], z["first"], z["stop"], z["start"], z["end"],
-                                   int(z["block_bytes"]))
+            table = BlockTable.load(d / "blocks.npz")
             files = json.loads((d / "remote.json").read_text())["files"]
             hit = self._datasets[key] = (mtime, table, files)
         return hit[1], hit[2]

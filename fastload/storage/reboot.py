@@ -72,13 +72,12 @@ def _clear_bad_blocks(d: Path) -> int:
     if not blocks:
         return 0
     files = json.loads((d / "remote.json").read_text())["files"]
-    with np.load(d / "blocks.npz") as z:
-        table = BlockTable(z["shard"], z["first"], z["stop"], z["start"], z["end"], int(z["block_bytes"]))
+    table = BlockTable.load(d / "blocks.npz")
     indexes: dict[int, np.ndarray] = {}
     for k in sorted({int(table.shard[b]) for b in blocks}):
         with ShardReader(d / files[k]) as r:       # the index is in the shard's tail, there from the start
             indexes[k] = np.array(r.index)
-    fds = {k: os.open(d / files[k], os.O_RDONLY) for k in indexes}
+    fds = {k: os.open(d / files[k], os.O_RDWR) for k in indexes}
 
     def bad(b: int) -> bool:
         k, start, end = int(table.shard[b]), int(table.start[b]), int(table.end[b])
@@ -87,21 +86,16 @@ def _clear_bad_blocks(d: Path) -> int:
     try:
         with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as ex:
             failed = [b for b, is_bad in zip(blocks, ex.map(bad, blocks)) if is_bad]
+        if failed:
+            pfd = os.open(d / "present", os.O_RDWR)
+            try:
+                for b in failed:
+                    os.pwrite(pfd, b"\x00", b)
+            finally:
+                os.close(pfd)
+            for b in failed:      # unmarked blocks are never evicted: give their pages back now
+                punch_hole(fds[int(table.shard[b])], int(table.start[b]), int(table.end[b]))
     finally:
         for fd in fds.values():
             os.close(fd)
-    if failed:
-        pfd = os.open(d / "present", os.O_RDWR)
-        try:
-            for b in failed:
-                os.pwrite(pfd, b"\x00", b)
-        finally:
-            os.close(pfd)
-        for b in failed:      # unmarked blocks are never evicted: give their pages back now
-            k = int(table.shard[b])
-            fd = os.open(d / files[k], os.O_RDWR)
-            try:
-                punch_hole(fd, int(table.start[b]), int(table.end[b]))
-            finally:
-                os.close(fd)
     return len(failed)

@@ -101,8 +101,7 @@ def _prepare(d: Path, url: str, manifest_bytes: bytes, m: Manifest, opts: Remote
     with concurrent.futures.ThreadPoolExecutor(16) as ex:
         indexes = list(ex.map(one, m.shards))
     table = BlockTable.build(indexes, opts.block_bytes)
-    np.savez(tmp / "blocks.npz", shard=table.shard, first=table.first, stop=table.stop, start=table.start,
-             end=table.end, block_bytes=np.int64(table.block_bytes))
+    table.save(tmp / "blocks.npz")
     (tmp / "present").write_bytes(bytes(len(table)))
     (tmp / "fetched").write_bytes(bytes(8 * len(table)))
     (tmp / "remote.json").write_text(json.dumps({"url": url, "files": [s.file for s in m.shards],
@@ -205,9 +204,7 @@ class RemoteDatasetReader(DatasetReader):
             if root is None or root.pid != os.getpid():     # never a parent's locks after fork
                 root = self._root = CacheRoot(self.path.parent, root.limit if root else self._root_limit)
             info = json.loads((self.path / "remote.json").read_text())
-            with np.load(self.path / "blocks.npz") as z:
-                table = BlockTable(z["shard"], z["first"], z["stop"], z["start"], z["end"],
-                                   int(z["block_bytes"]))
+            table = BlockTable.load(self.path / "blocks.npz")
             urls = [join(info["url"], f) for f in info["files"]]
             c = self._cache = BlockCache(root, self.path.name, table, info["files"], urls,
                                          self.remote.storage_options, lambda k: self._part(k).index,

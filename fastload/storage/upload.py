@@ -24,12 +24,11 @@ def dataset_exists(url: str, storage_options: dict | None = None) -> bool:
         raise StorageError(f"cannot look for a dataset there: {type(e).__name__}: {e}", url) from None
 
 
-def _listed_files(fs, base: str) -> set[str]:
-    """The data files the manifest at ``base`` lists (empty when there is none, or it cannot be read: then
-    nothing there is known to be a dataset's)."""
-    murl = join(base, MANIFEST)
+def _listed_files(fs, murl: str) -> set[str]:
+    """The data files the manifest ``murl`` lists (empty when it cannot be read: then nothing there is known
+    to be a dataset's)."""
     try:
-        if not fs.exists(murl) or fs.size(murl) > MAX_MANIFEST:
+        if fs.size(murl) > MAX_MANIFEST:
             return set()
         return {s.file for s in Manifest.from_json(json.loads(fs.cat_file(murl)), murl).shards}
     except (OSError, ValueError, RecursionError, FormatError):
@@ -45,14 +44,16 @@ def upload_dataset(local: str | os.PathLike, url: str, storage_options: dict | N
     url = url.rstrip("/")
     base = url if protocol(url) in ("http", "https") else fs._strip_protocol(url)
     try:
-        old = _listed_files(fs, base)
-        if fs.exists(join(base, MANIFEST)):
-            fs.rm_file(join(base, MANIFEST))
+        murl = join(base, MANIFEST)
+        old: set[str] = set()
+        if fs.exists(murl):
+            old = _listed_files(fs, murl)
+            fs.rm_file(murl)
         total = 0
         for s in m.shards:
             fs.put_file(str(Path(local) / s.file), join(base, s.file))
             total += s.num_bytes
-        fs.put_file(str(Path(local) / MANIFEST), join(base, MANIFEST))
+        fs.put_file(str(Path(local) / MANIFEST), murl)
     except (OSError, ValueError) as e:
         raise StorageError(f"upload failed: {type(e).__name__}: {e}", url) from None
     for name in sorted(old - {s.file for s in m.shards} - {MANIFEST}):
